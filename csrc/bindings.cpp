@@ -1,0 +1,325 @@
+// The private module ffrecord._core: a thin layer that converts arguments,
+// releases the GIL around every read, write and checksum, and translates
+// ffrecord::Error once, here, into the Python exceptions of ffrecord.errors.
+//
+// Zero-copy results: a batch is one Block; each record comes back as a numpy
+// uint8 array viewing that block, and a capsule holding the Block is the base
+// of every array, so the memory lives until the last array is released and
+// then returns to the buffer pool.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <memory>
+
+#include "buffer_pool.h"
+#include "crc.h"
+#include "error.h"
+#include "prefetcher.h"
+#include "reader.h"
+#include "writer.h"
+
+namespace py = pybind11;
+using namespace ffrecord;
+
+namespace {
+
+using IndexArray = py::array_t<uint64_t, py::array::c_style | py::array::forcecast>;
+
+py::capsule owner_of(std::shared_ptr<Block> block) {
+  auto* holder = new std::shared_ptr<Block>(std::move(block));
+  return py::capsule(holder, [](void* p) { delete static_cast<std::shared_ptr<Block>*>(p); });
+}
+
+py::list to_arrays(const Batch& b) {
+  py::capsule owner = owner_of(b.block);
+  const size_t n = b.offset.size();
+  py::list out(n);
+  uint8_t* base = b.block->data();
+  for (size_t i = 0; i < n; ++i) {
+    py::array arr(py::dtype::of<uint8_t>(), {static_cast<py::ssize_t>(b.length[i])}, {1}, base + b.offset[i],
+                  owner);
+    PyList_SET_ITEM(out.ptr(), static_cast<py::ssize_t>(i), arr.release().ptr());
+  }
+  return out;
+}
+
+py::array_t<uint32_t> flags_of(const Batch& b) {
+  py::array_t<uint32_t> f(static_cast<py::ssize_t>(b.flags.size()));
+  if (!b.flags.empty()) std::memcpy(f.mutable_data(), b.flags.data(), b.flags.size() * 4);
+  return f;
+}
+
+// One contiguous array plus offsets[n+1]; in O_DIRECT mode the records are
+// first moved together inside the block (left to right, so memmove is safe).
+py::tuple to_packed(Batch& b) {
+  const size_t n = b.offset.size();
+  uint8_t* base = b.block->data();
+  uint64_t pos = 0;
+  py::array_t<int64_t> offsets(static_cast<py::ssize_t>(n + 1));
+  int64_t* o = offsets.mutable_data();
+  for (size_t i = 0; i < n; ++i) {
+    if (b.offset[i] != pos) std::memmove(base + pos, base + b.offset[i], b.length[i]);
+    o[i] = static_cast<int64_t>(pos);
+    pos += b.length[i];
+  }
+  o[n] = static_cast<int64_t>(pos);
+  py::array data(py::dtype::of<uint8_t>(), {static_cast<py::ssize_t>(pos)}, {1}, base, owner_of(b.block));
+  return py::make_tuple(data, offsets, flags_of(b));
+}
+
+std::vector<uint64_t> to_vector(const IndexArray& idx) {
+  return std::vector<uint64_t>(idx.data(), idx.data() + idx.size());
+}
+
+void check_range(const Reader& r, const IndexArray& idx) {
+  const uint64_t* p = idx.data();
+  for (py::ssize_t i = 0; i < idx.size(); ++i)
+    if (p[i] >= r.size())
+      throw py::index_error("record index " + std::to_string(p[i]) + " out of range for " +
+                            std::to_string(r.size()) + " records");
+}
+
+py::object error_class(const char* name) { return py::module_::import("ffrecord.errors").attr(name); }
+
+void translate(const Error& e) {
+  switch (e.kind()) {
+    case ErrorKind::kFormat:
+      PyErr_SetString(error_class("FormatError").ptr(), e.what());
+      return;
+    case ErrorKind::kChecksum:
+      PyErr_SetString(error_class("ChecksumError").ptr(), e.what());
+      return;
+    case ErrorKind::kIo: {
+      py::object exc = py::reinterpret_steal<py::object>(
+          PyObject_CallFunction(PyExc_OSError, "is", e.error_number(), e.what()));
+      if (exc) PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+      return;
+    }
+    case ErrorKind::kIndex:
+      PyErr_SetString(PyExc_IndexError, e.what());
+      return;
+    case ErrorKind::kValue:
+      PyErr_SetString(PyExc_ValueError, e.what());
+      return;
+  }
+}
+
+struct BufferView {
+  const void* data;
+  uint64_t size;
+};
+
+BufferView contiguous_bytes(const py::buffer& buf, py::buffer_info& info) {
+  info = buf.request();
+  if (info.ndim > 1) {
+    // Accept any C-contiguous buffer, whatever its shape and item size.
+    py::ssize_t expect = info.itemsize;
+    for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
+      if (info.shape[d] > 1 && info.strides[d] != expect)
+        throw py::value_error("record data must be a C-contiguous buffer");
+      expect *= info.shape[d];
+    }
+  } else if (info.ndim == 1 && info.shape[0] > 1 && info.strides[0] != info.itemsize) {
+    throw py::value_error("record data must be a C-contiguous buffer");
+  }
+  return {info.ptr, static_cast<uint64_t>(info.size * info.itemsize)};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "ffrecord's compiled core (private; use the ffrecord package)";
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const Error& e) {
+      translate(e);
+    }
+  });
+
+  py::class_<Reader>(m, "Reader")
+      .def(py::init([](const std::vector<std::string>& paths, bool check_data, bool direct) {
+             py::gil_scoped_release nogil;
+             return std::make_unique<Reader>(paths, ReaderOptions{check_data, direct});
+           }),
+           py::arg("paths"), py::arg("check_data") = true, py::arg("direct") = false)
+      .def_property_readonly("size", &Reader::size)
+      .def_property_readonly("num_files", &Reader::num_files)
+      .def_property_readonly("has_codec", &Reader::has_codec)
+      .def_property_readonly("engine", &Reader::engine_name)
+      .def_property_readonly("fallback_reason", &Reader::fallback_reason)
+      .def("file_info",
+           [](const Reader& r, size_t f) {
+             if (f >= r.num_files()) throw py::index_error("file index out of range");
+             const RecordFile& rf = r.file(f);
+             py::dict d;
+             d["path"] = rf.path();
+             d["version"] = rf.version();
+             d["records"] = rf.size();
+             d["file_size"] = rf.file_size();
+             d["alignment"] = rf.alignment();
+             d["has_keys"] = rf.has_keys();
+             d["metadata"] = py::bytes(rf.metadata().data(), rf.metadata().size());
+             d["dictionary"] = py::bytes(rf.dictionary().data(), rf.dictionary().size());
+             return d;
+           })
+      .def("file_keys",
+           [](const Reader& r, size_t f) {
+             if (f >= r.num_files()) throw py::index_error("file index out of range");
+             const RecordFile& rf = r.file(f);
+             py::list out(rf.has_keys() ? rf.size() : 0);
+             for (uint64_t i = 0; rf.has_keys() && i < rf.size(); ++i) {
+               auto k = rf.key(i);
+               PyObject* s = PyUnicode_DecodeUTF8(k.data(), static_cast<py::ssize_t>(k.size()), "surrogateescape");
+               if (!s) throw py::error_already_set();
+               PyList_SET_ITEM(out.ptr(), static_cast<py::ssize_t>(i), s);
+             }
+             return out;
+           })
+      .def("key",
+           [](const Reader& r, uint64_t i) {
+             if (i >= r.size()) throw py::index_error("record index out of range");
+             auto [f, local] = r.locate(i);
+             auto k = r.file(f).key(local);
+             PyObject* s = PyUnicode_DecodeUTF8(k.data(), static_cast<py::ssize_t>(k.size()), "surrogateescape");
+             if (!s) throw py::error_already_set();
+             return py::reinterpret_steal<py::str>(s);
+           })
+      .def("lengths",
+           [](const Reader& r, const IndexArray& idx) {
+             check_range(r, idx);
+             py::array_t<uint64_t> out(idx.size());
+             uint64_t* o = out.mutable_data();
+             for (py::ssize_t i = 0; i < idx.size(); ++i) o[i] = r.entry(idx.data()[i]).length;
+             return out;
+           })
+      .def("read",
+           [](const Reader& r, const IndexArray& idx) {
+             check_range(r, idx);
+             Batch b;
+             {
+               py::gil_scoped_release nogil;
+               b = r.read(idx.data(), static_cast<size_t>(idx.size()));
+             }
+             return to_arrays(b);
+           })
+      .def("read_with_flags",
+           [](const Reader& r, const IndexArray& idx) {
+             check_range(r, idx);
+             Batch b;
+             {
+               py::gil_scoped_release nogil;
+               b = r.read(idx.data(), static_cast<size_t>(idx.size()));
+             }
+             return py::make_tuple(to_arrays(b), flags_of(b));
+           })
+      .def("read_packed",
+           [](const Reader& r, const IndexArray& idx) {
+             check_range(r, idx);
+             Batch b;
+             {
+               py::gil_scoped_release nogil;
+               b = r.read(idx.data(), static_cast<size_t>(idx.size()));
+             }
+             return to_packed(b);
+           })
+      .def("read_into",
+           [](const Reader& r, const IndexArray& idx, const py::list& dsts) {
+             check_range(r, idx);
+             const size_t n = static_cast<size_t>(idx.size());
+             if (dsts.size() != n) throw py::value_error("need one destination buffer per index");
+             std::vector<py::buffer_info> infos;
+             infos.reserve(n);
+             std::vector<uint8_t*> ptrs(n);
+             for (size_t i = 0; i < n; ++i) {
+               infos.push_back(py::reinterpret_borrow<py::buffer>(dsts[i]).request(true));
+               const auto& info = infos.back();
+               uint64_t need = r.entry(idx.data()[i]).length;
+               if (static_cast<uint64_t>(info.size * info.itemsize) < need)
+                 throw py::value_error("destination " + std::to_string(i) + " holds " +
+                                       std::to_string(info.size * info.itemsize) + " bytes; the record has " +
+                                       std::to_string(need));
+               ptrs[i] = static_cast<uint8_t*>(info.ptr);
+             }
+             py::gil_scoped_release nogil;
+             r.read_into(idx.data(), n, ptrs.data());
+           });
+
+  py::class_<Prefetcher>(m, "Prefetcher")
+      .def(py::init([](const Reader& r, unsigned workers) { return std::make_unique<Prefetcher>(r, workers); }),
+           py::arg("reader"), py::arg("workers") = 1, py::keep_alive<1, 2>())
+      .def("submit",
+           [](Prefetcher& p, const IndexArray& idx) {
+             check_range(p.reader(), idx);
+             return p.submit(to_vector(idx));
+           })
+      .def("take",
+           [](Prefetcher& p, uint64_t ticket, bool with_flags) -> py::object {
+             Batch b;
+             {
+               py::gil_scoped_release nogil;
+               b = p.take(ticket);
+             }
+             if (with_flags) return py::make_tuple(to_arrays(b), flags_of(b));
+             return to_arrays(b);
+           },
+           py::arg("ticket"), py::arg("with_flags") = false)
+      .def_property_readonly("pending", &Prefetcher::pending);
+
+  py::class_<Writer>(m, "Writer")
+      .def(py::init([](const std::string& path, int64_t expected, uint32_t alignment) {
+             py::gil_scoped_release nogil;
+             return std::make_unique<Writer>(path, WriterOptions{expected, alignment});
+           }),
+           py::arg("path"), py::arg("expected") = -1, py::arg("alignment") = 1)
+      .def("write",
+           [](Writer& w, const py::buffer& data, uint32_t flags, const py::object& key) {
+             py::buffer_info info;
+             BufferView v = contiguous_bytes(data, info);
+             std::string key_storage;
+             std::string_view key_view;
+             bool has_key = !key.is_none();
+             if (has_key) {
+               key_storage = key.cast<std::string>();
+               key_view = key_storage;
+             }
+             py::gil_scoped_release nogil;
+             w.write(v.data, v.size, flags, has_key ? &key_view : nullptr);
+           },
+           py::arg("data"), py::arg("flags") = 0, py::arg("key") = py::none())
+      .def("set_metadata", [](Writer& w, const py::bytes& b) { w.set_metadata(std::string(b)); })
+      .def("set_dictionary", [](Writer& w, const py::bytes& b) { w.set_dictionary(std::string(b)); })
+      .def("close",
+           [](Writer& w) {
+             py::gil_scoped_release nogil;
+             w.close();
+           })
+      .def("abort", &Writer::abort)
+      .def_property_readonly("count", &Writer::count)
+      .def_property_readonly("is_open", &Writer::is_open)
+      .def_property_readonly("temp_path", &Writer::temp_path);
+
+  m.def(
+      "crc32c",
+      [](const py::buffer& data, uint32_t value) {
+        py::buffer_info info;
+        BufferView v = contiguous_bytes(data, info);
+        py::gil_scoped_release nogil;
+        return crc32c(v.data, v.size, value);
+      },
+      py::arg("data"), py::arg("value") = 0, "CRC32C (Castagnoli) of a buffer, extending `value`.");
+  m.def(
+      "crc32",
+      [](const py::buffer& data, uint32_t value) {
+        py::buffer_info info;
+        BufferView v = contiguous_bytes(data, info);
+        py::gil_scoped_release nogil;
+        return crc32_ieee(v.data, v.size, value);
+      },
+      py::arg("data"), py::arg("value") = 0, "zlib CRC32 (IEEE) of a buffer, extending `value`.");
+  m.def("crc32c_impl", &crc32c_impl);
+  m.def("pooled_bytes", &pooled_bytes);
+}

@@ -1,0 +1,88 @@
+// A dataset reader: one or more record files (shards) read as one sequence of
+// records, with batched reads through an IoEngine.
+//
+// Thread safety: every method may be called from several threads at once.
+// Each call borrows an engine from a per-process pool, so a reader created
+// before fork() never lets the child touch the parent's io_uring (the child
+// builds its own engines; reads use pread-style offsets, so no file position
+// is shared either).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "buffer_pool.h"
+#include "io_engine.h"
+#include "record_file.h"
+
+namespace ffrecord {
+
+struct ReaderOptions {
+  bool check_data = true;  // verify each record's checksum after reading
+  bool direct = false;     // O_DIRECT reads through aligned bounce spans
+};
+
+// The result of a batch read: one block, record i at block->data() + offset[i].
+// In buffered mode the records are packed back to back in request order, so
+// the block holds exactly sum(length) bytes of payload.
+struct Batch {
+  std::shared_ptr<Block> block;
+  std::vector<uint64_t> offset;
+  std::vector<uint64_t> length;
+  std::vector<uint32_t> flags;
+};
+
+class Reader {
+ public:
+  // Opens and validates every file (see RecordFile::open). Throws Error.
+  Reader(const std::vector<std::string>& paths, ReaderOptions options);
+
+  uint64_t size() const { return total_; }
+  size_t num_files() const { return files_.size(); }
+  RecordFile& file(size_t f) const { return *files_[f]; }
+  const ReaderOptions& options() const { return options_; }
+  bool has_codec() const { return has_codec_; }
+
+  // Global record index -> (file, index in that file). Caller checks range.
+  std::pair<size_t, uint64_t> locate(uint64_t index) const;
+
+  // Reads the records `indices` (each < size(), any order, repeats allowed)
+  // as one batch. Throws Error: kChecksum naming the file and record,
+  // kFormat when a file turned out shorter than its index, kIo with errno.
+  Batch read(const uint64_t* indices, size_t n) const;
+
+  // Reads record indices[i] into dst[i], which must hold at least its
+  // length (see entry()). No intermediate copy in buffered mode.
+  void read_into(const uint64_t* indices, size_t n, uint8_t* const* dst) const;
+
+  RecordEntry entry(uint64_t index) const;
+
+  // The engine reads use ("io_uring", "threads" or "pread") and, when auto
+  // selection fell back from io_uring, the kernel's reason.
+  std::string engine_name() const;
+  std::string fallback_reason() const;
+
+ private:
+  std::unique_ptr<IoEngine> acquire_engine() const;
+  void release_engine(std::unique_ptr<IoEngine> engine) const;
+
+  std::vector<std::unique_ptr<RecordFile>> files_;
+  std::vector<uint64_t> starts_;  // starts_[f] = global index of file f's first record
+  uint64_t total_ = 0;
+  ReaderOptions options_;
+  bool has_codec_ = false;
+  EngineKind kind_;
+
+  mutable std::mutex engines_mu_;
+  mutable std::vector<std::unique_ptr<IoEngine>> idle_engines_;
+  mutable pid_t engines_pid_ = 0;
+  mutable std::string engine_name_;
+  mutable std::string fallback_reason_;
+};
+
+}  // namespace ffrecord

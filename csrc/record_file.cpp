@@ -1,0 +1,250 @@
+#include "record_file.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <cstring>
+#include <limits>
+
+#include "crc.h"
+#include "error.h"
+#include "format.h"
+
+namespace ffrecord {
+namespace {
+
+template <typename T> T load(const uint8_t* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
+// a + b <= limit without overflow.
+bool fits(uint64_t a, uint64_t b, uint64_t limit) { return a <= limit && b <= limit - a; }
+
+}  // namespace
+
+std::unique_ptr<RecordFile> RecordFile::open(const std::string& path) {
+  std::unique_ptr<RecordFile> f(new RecordFile(path));
+  f->open_and_validate();
+  return f;
+}
+
+RecordFile::~RecordFile() {
+  if (map_) ::munmap(map_, map_len_);
+  if (fd_ >= 0) ::close(fd_);
+  if (direct_fd_ >= 0) ::close(direct_fd_);
+}
+
+void RecordFile::open_and_validate() {
+  fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd_ < 0) throw_io(path_, "cannot open", errno);
+  struct stat st;
+  if (::fstat(fd_, &st) != 0) throw_io(path_, "cannot stat", errno);
+  if (S_ISDIR(st.st_mode)) throw_io(path_, "cannot open", EISDIR);
+  file_size_ = static_cast<uint64_t>(st.st_size);
+  // Random access is the common pattern; don't let readahead waste the disk.
+  ::posix_fadvise(fd_, 0, 0, POSIX_FADV_RANDOM);
+
+  uint8_t head[format::kHeaderSize] = {};
+  size_t got = 0;
+  while (got < sizeof(head) && got < file_size_) {
+    ssize_t r = ::pread(fd_, head + got, sizeof(head) - got, static_cast<off_t>(got));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw_io(path_, "cannot read header", errno);
+    if (r == 0) break;
+    got += static_cast<size_t>(r);
+  }
+  if (got >= sizeof(format::kMagic) && std::memcmp(head, format::kMagic, sizeof(format::kMagic)) == 0) {
+    if (got < format::kHeaderSize) throw_format(path_, "truncated: shorter than the 32-byte header");
+    format::FileHeader h;
+    std::memcpy(&h, head, sizeof(h));
+    if (crc32c(&h, offsetof(format::FileHeader, header_crc)) != h.header_crc)
+      throw Error(ErrorKind::kChecksum, path_ + ": header checksum mismatch");
+    if (h.version != format::kVersion2)
+      throw_format(path_, "unsupported format version " + std::to_string(h.version) +
+                              " (this ffrecord reads versions 1 and 2)");
+    if ((h.flags & ~format::kHeaderFlagAligned) || h.reserved[0] || h.reserved[1])
+      throw_format(path_, "header has unknown flags set");
+    if (h.alignment == 0 || h.alignment > format::kMaxAlignment || (h.alignment & (h.alignment - 1)))
+      throw_format(path_, "bad alignment " + std::to_string(h.alignment) + " in header");
+    alignment_ = h.alignment;
+    version_ = 2;
+    parse_v2();
+  } else {
+    version_ = 1;
+    parse_v1();
+  }
+}
+
+void RecordFile::map_region(uint64_t begin, uint64_t end) {
+  if (end == begin) return;
+  uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  uint64_t start = begin / page * page;
+  map_len_ = static_cast<size_t>(end - start);
+  map_ = ::mmap(nullptr, map_len_, PROT_READ, MAP_SHARED, fd_, static_cast<off_t>(start));
+  if (map_ == MAP_FAILED) {
+    map_ = nullptr;
+    throw_io(path_, "cannot map the index", errno);
+  }
+  view_ = static_cast<const uint8_t*>(map_);
+  view_begin_ = start;
+}
+
+void RecordFile::parse_v2() {
+  using format::FileFooter;
+  if (file_size_ < format::kHeaderSize + format::kFooterSize)
+    throw_format(path_, "truncated: too short for a v2 header and footer (" + std::to_string(file_size_) +
+                            " bytes)");
+  const uint64_t footer_at = file_size_ - format::kFooterSize;
+  FileFooter ft;
+  ssize_t r;
+  do {
+    r = ::pread(fd_, &ft, sizeof(ft), static_cast<off_t>(footer_at));
+  } while (r < 0 && errno == EINTR);
+  if (r != static_cast<ssize_t>(sizeof(ft))) throw_io(path_, "cannot read footer", r < 0 ? errno : EIO);
+  if (std::memcmp(ft.magic, format::kMagic, sizeof(format::kMagic)) != 0)
+    throw_format(path_, "truncated or unfinished: no footer magic at the end of the file");
+  if (crc32c(&ft, offsetof(FileFooter, footer_crc)) != ft.footer_crc)
+    throw Error(ErrorKind::kChecksum, path_ + ": footer checksum mismatch");
+  if (ft.version != format::kVersion2) throw_format(path_, "footer version does not match the header");
+  if (ft.reserved[0] || ft.reserved[1]) throw_format(path_, "footer has reserved bytes set");
+
+  const uint64_t data_begin = format::kHeaderSize;
+  const uint64_t n = ft.num_records;
+  if (n > (footer_at - data_begin) / sizeof(format::IndexEntry))
+    throw_format(path_, "bad index: record count " + std::to_string(n) + " does not fit in the file");
+  const uint64_t index_bytes = n * sizeof(format::IndexEntry);
+  auto check_region = [&](uint64_t off, uint64_t len, const char* what) {
+    if (len == 0) return;
+    if (off < data_begin || !fits(off, len, footer_at))
+      throw_format(path_, std::string("bad footer: ") + what + " region lies outside the file");
+  };
+  if (ft.index_offset < data_begin || !fits(ft.index_offset, index_bytes, footer_at))
+    throw_format(path_, "bad footer: index region lies outside the file");
+  check_region(ft.meta_offset, ft.meta_length, "metadata");
+  check_region(ft.dict_offset, ft.dict_length, "dictionary");
+  check_region(ft.keys_offset, ft.keys_length, "keys");
+
+  // Map everything from the index to the end of the auxiliary blocks.
+  uint64_t lo = ft.index_offset, hi = ft.index_offset + index_bytes;
+  for (auto [off, len] : {std::pair{ft.meta_offset, ft.meta_length}, std::pair{ft.dict_offset, ft.dict_length},
+                          std::pair{ft.keys_offset, ft.keys_length}}) {
+    if (len == 0) continue;
+    lo = std::min(lo, off);
+    hi = std::max(hi, off + len);
+  }
+  map_region(lo, hi);
+  index_ = index_bytes ? at(ft.index_offset) : nullptr;
+  if (crc32c(index_, index_bytes) != ft.index_crc)
+    throw Error(ErrorKind::kChecksum, path_ + ": index checksum mismatch");
+  uint32_t aux = 0;
+  if (ft.meta_length) aux = crc32c(at(ft.meta_offset), ft.meta_length, aux);
+  if (ft.dict_length) aux = crc32c(at(ft.dict_offset), ft.dict_length, aux);
+  if (ft.keys_length) aux = crc32c(at(ft.keys_offset), ft.keys_length, aux);
+  if (aux != ft.aux_crc) throw Error(ErrorKind::kChecksum, path_ + ": metadata/keys checksum mismatch");
+  if (ft.meta_length)
+    meta_ = std::string_view(reinterpret_cast<const char*>(at(ft.meta_offset)), ft.meta_length);
+  if (ft.dict_length)
+    dict_ = std::string_view(reinterpret_cast<const char*>(at(ft.dict_offset)), ft.dict_length);
+
+  // Records: inside [header, index), in order, not overlapping.
+  uint64_t prev_end = data_begin;
+  for (uint64_t i = 0; i < n; ++i) {
+    format::IndexEntry e;
+    std::memcpy(&e, index_ + i * sizeof(e), sizeof(e));
+    if (e.offset < prev_end || !fits(e.offset, e.length, ft.index_offset))
+      throw_format(path_, "bad index: record " + std::to_string(i) + " lies outside the data region or overlaps");
+    if ((e.flags & ~format::kKnownFlagBits) || (e.flags & format::kCodecMask) > format::kMaxCodec)
+      throw_format(path_, "bad index: record " + std::to_string(i) + " has unknown flags");
+    any_flags_ |= e.flags;
+    prev_end = e.offset + e.length;
+  }
+  if (ft.keys_length) {
+    if (n == 0 || ft.keys_length < (n + 1) * 8) throw_format(path_, "bad keys block");
+    keys_ = at(ft.keys_offset);
+    uint64_t blob = ft.keys_length - (n + 1) * 8, prev = 0;
+    for (uint64_t i = 0; i <= n; ++i) {
+      uint64_t end = load<uint64_t>(keys_ + i * 8);
+      if (end < prev || end > blob || (i == 0 && end != 0) || (i == n && end != blob))
+        throw_format(path_, "bad keys block");
+      prev = end;
+    }
+    keys_count_ = n;
+  }
+  num_records_ = n;
+}
+
+void RecordFile::parse_v1() {
+  // Without a magic, a file is accepted as v1 only if its whole prefix and
+  // offset table are consistent; anything else is "not a record file".
+  auto not_ffr = [&](const std::string& why) {
+    throw_format(path_, "not a record file (no v2 magic, and not a valid v1 file: " + why + ")");
+  };
+  if (file_size_ < format::kV1PrefixSize) not_ffr("shorter than 12 bytes");
+  uint8_t prefix[format::kV1PrefixSize];
+  ssize_t r;
+  do {
+    r = ::pread(fd_, prefix, sizeof(prefix), 0);
+  } while (r < 0 && errno == EINTR);
+  if (r != static_cast<ssize_t>(sizeof(prefix))) throw_io(path_, "cannot read header", r < 0 ? errno : EIO);
+  const uint32_t meta_crc = load<uint32_t>(prefix);
+  const uint64_t n = load<uint64_t>(prefix + 4);
+  if (n > (file_size_ - format::kV1PrefixSize) / format::kV1PerRecordIndex)
+    not_ffr("record count " + std::to_string(n) + " does not fit in the file");
+  const uint64_t table_end = format::kV1PrefixSize + n * format::kV1PerRecordIndex;
+  map_region(0, table_end);
+  index_ = at(format::kV1PrefixSize);
+  if (meta_crc != 0) {
+    uint32_t c = crc32_ieee(prefix + 4, 8);
+    c = crc32_ieee(index_, n * format::kV1PerRecordIndex, c);
+    if (c != meta_crc) {
+      throw Error(ErrorKind::kChecksum,
+                  path_ + ": v1 index checksum mismatch (or not a record file)");
+    }
+  }
+  const uint8_t* offsets = index_ + n * 4;
+  uint64_t prev = table_end;
+  for (uint64_t i = 0; i < n; ++i) {
+    uint64_t off = load<uint64_t>(offsets + i * 8);
+    if (off < prev || off > file_size_)
+      throw_format(path_, "bad v1 index: offset of record " + std::to_string(i) +
+                              " is out of order or outside the file");
+    prev = off;
+  }
+  num_records_ = n;
+}
+
+RecordEntry RecordFile::entry(uint64_t i) const {
+  if (version_ == 2) {
+    format::IndexEntry e;
+    std::memcpy(&e, index_ + i * sizeof(e), sizeof(e));
+    return {e.offset, e.length, e.crc, e.flags};
+  }
+  const uint8_t* offsets = index_ + num_records_ * 4;
+  uint64_t off = load<uint64_t>(offsets + i * 8);
+  uint64_t end = (i + 1 < num_records_) ? load<uint64_t>(offsets + (i + 1) * 8) : file_size_;
+  return {off, end - off, load<uint32_t>(index_ + i * 4), 0};
+}
+
+std::string_view RecordFile::key(uint64_t i) const {
+  if (!keys_count_) return {};
+  uint64_t b = load<uint64_t>(keys_ + i * 8), e = load<uint64_t>(keys_ + (i + 1) * 8);
+  const char* blob = reinterpret_cast<const char*>(keys_ + (keys_count_ + 1) * 8);
+  return std::string_view(blob + b, e - b);
+}
+
+int RecordFile::direct_fd() {
+  std::lock_guard<std::mutex> lock(direct_mu_);
+  if (direct_fd_ < 0) {
+    direct_fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+    if (direct_fd_ < 0) throw_io(path_, "cannot open with O_DIRECT", errno);
+  }
+  return direct_fd_;
+}
+
+}  // namespace ffrecord

@@ -1,0 +1,292 @@
+"""FileReader: random and batched reads over one record file or a dataset of shards."""
+
+import collections
+import json
+import os
+import warnings
+
+import numpy as np
+
+from . import _core, _indices
+from .codec import Decoder
+from .dataset_paths import resolve
+from .errors import FormatError
+
+__all__ = ["FileReader"]
+
+
+class FileReader:
+    """Reads records by index from a ``.ffr`` file, a list of files, or a directory.
+
+    ``fnames`` is a path, a list of paths (read as one dataset, in order) or a
+    directory: its ``index.json`` manifest gives the shard order when present,
+    else its ``*.ffr`` files are taken in sorted order. Both format versions
+    (legacy v1 and v2) are detected per file.
+
+    Records come back as 1-D ``numpy.uint8`` arrays. A batch read makes one
+    allocation: the arrays of a batch are views of that block, which lives as
+    long as any of them does. With ``check_data`` (the default) every record is
+    verified against its checksum. ``direct=True`` reads with ``O_DIRECT``,
+    bypassing the page cache (for cold, large datasets).
+
+    A reader is safe to use from several threads, survives ``fork`` (the child
+    gets its own I/O engine), and pickles by path: unpickling re-opens the files.
+    """
+
+    def __init__(self, fnames, check_data=True, direct=False):
+        self._fnames = fnames
+        self._check_data = bool(check_data)
+        self._direct = bool(direct)
+        self._dataset = resolve(fnames)
+        self._core = _core.Reader(self._dataset.paths, self._check_data, self._direct)
+        self.n = self._core.size
+        self._decoders = {}
+        self._key_index = None
+        self._file_ends = None
+        self._skip = self._dataset.quarantined_records(self._file_starts())
+        if self._skip is not None:
+            warnings.warn(
+                f"{self._dataset.root}: skipping {len(self._skip)} quarantined record(s) "
+                "listed in quarantine.json",
+                stacklevel=2,
+            )
+            keep = np.ones(self.n, dtype=bool)
+            keep[self._skip] = False
+            self._visible = np.flatnonzero(keep).astype(np.uint64)
+            self.n = int(self._visible.size)
+        else:
+            self._visible = None
+
+    # ---- size and identity ------------------------------------------------
+    def __len__(self):
+        self._check_open()
+        return self.n
+
+    @property
+    def paths(self):
+        """The files of this dataset, in record order."""
+        return list(self._dataset.paths)
+
+    @property
+    def engine(self):
+        """The I/O engine in use: 'io_uring', 'threads' or 'pread'."""
+        self._check_open()
+        return self._core.engine
+
+    @property
+    def engine_fallback_reason(self):
+        """Why io_uring was not used (empty when it was, or was not asked for)."""
+        self._check_open()
+        return self._core.fallback_reason
+
+    def file_info(self, f=0):
+        """Version, record count, size, alignment, metadata of file ``f``."""
+        self._check_open()
+        info = self._core.file_info(f)
+        raw = info.pop("metadata")
+        info["metadata"] = _parse_metadata(raw, info["path"])
+        info["dictionary_size"] = len(info.pop("dictionary"))
+        return info
+
+    @property
+    def metadata(self):
+        """The JSON metadata block of the first file (``{}`` when empty)."""
+        if not self._dataset.paths:
+            return {}
+        return self.file_info(0)["metadata"]
+
+    # ---- reads ------------------------------------------------------------
+    def read_one(self, index):
+        """Record ``index`` as a numpy uint8 array."""
+        self._check_open()
+        i = _indices.one(index, self.n)
+        return self._read_checked(np.array([i], dtype=np.uint64))[0]
+
+    def read(self, indices):
+        """Records ``indices`` (any order, repeats allowed) read as one batch."""
+        self._check_open()
+        return self._read_checked(_indices.many(indices, self.n))
+
+    def read_packed(self, indices):
+        """A batch as one contiguous uint8 array plus int64 ``offsets`` (n + 1 of
+        them): record k is ``data[offsets[k]:offsets[k + 1]]``. Compressed
+        records are returned decompressed."""
+        self._check_open()
+        idx = self._physical(_indices.many(indices, self.n))
+        data, offsets, flags = self._core.read_packed(idx)
+        if flags.any():
+            parts = self._decode([data[offsets[k]:offsets[k + 1]] for k in range(len(idx))], flags, idx)
+            offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+            np.cumsum([p.size for p in parts], out=offsets[1:])
+            data = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint8)
+        return data, offsets
+
+    def lengths(self, indices):
+        """Stored byte length of each record (before any codec is undone)."""
+        self._check_open()
+        return self._core.lengths(self._physical(_indices.many(indices, self.n)))
+
+    def read_into(self, indices, buffers):
+        """Reads record ``indices[k]`` into the writable buffer ``buffers[k]``
+        (e.g. pinned host memory) without an intermediate copy. Each buffer
+        must hold at least ``lengths(indices)[k]`` bytes. Not for compressed
+        records."""
+        self._check_open()
+        if self._core.has_codec:
+            raise ValueError("read_into needs uncompressed records; use read() for compressed datasets")
+        idx = self._physical(_indices.many(indices, self.n))
+        self._core.read_into(idx, list(buffers))
+
+    def prefetch(self, batches, depth=4):
+        """Yields ``read(b)`` for each index list ``b`` of ``batches``, in order,
+        while the next ``depth`` batches are already being read in the
+        background. Stopping early (``break``, an exception, dropping the
+        iterator) cancels what has not started and waits for what is in
+        flight. An error (a bad index list, a checksum mismatch) is raised on
+        the batch it belongs to."""
+        self._check_open()
+        if isinstance(depth, bool) or not isinstance(depth, int):
+            raise TypeError("depth must be an int")
+        if depth < 1:
+            raise ValueError("depth must be >= 1")
+        return self._prefetch(iter(batches), depth)
+
+    def _prefetch(self, batches, depth):
+        prefetcher = _core.Prefetcher(self._core, min(depth, 2))
+        pending = collections.deque()  # (ticket, physical indices) or (None, exception)
+        with_flags = self._core.has_codec
+
+        def fill():
+            while len(pending) < depth:
+                try:
+                    b = next(batches)
+                except StopIteration:
+                    return
+                try:
+                    idx = self._physical(_indices.many(b, self.n))
+                    pending.append((prefetcher.submit(idx), idx))
+                except (TypeError, IndexError) as e:
+                    pending.append((None, e))
+
+        try:
+            fill()
+            while pending:
+                ticket, idx = pending.popleft()
+                if ticket is None:
+                    raise idx
+                out = prefetcher.take(ticket, with_flags)
+                fill()
+                if with_flags:
+                    out = self._decode(out[0], out[1], idx)
+                yield out
+        finally:
+            # Dropping the prefetcher cancels queued batches and joins its threads.
+            del prefetcher
+
+    # ---- keys -------------------------------------------------------------
+    def key(self, index):
+        """The key stored with record ``index`` ('' when the dataset kept none)."""
+        self._check_open()
+        i = _indices.one(index, self.n)
+        return self._core.key(int(self._physical(np.array([i], dtype=np.uint64))[0]))
+
+    def find(self, key):
+        """The index of the record stored under ``key``; KeyError if none."""
+        self._check_open()
+        if self._key_index is None:
+            table = {}
+            base = 0
+            for f in range(self._core.num_files):
+                keys = self._core.file_keys(f)
+                for k, name in enumerate(keys):
+                    table.setdefault(name, base + k)
+                base += self._core.file_info(f)["records"]
+            if self._visible is not None:
+                position = {int(p): v for v, p in enumerate(self._visible)}
+                table = {k: position[p] for k, p in table.items() if p in position}
+            self._key_index = table
+        try:
+            return self._key_index[key]
+        except KeyError:
+            raise KeyError(f"no record with key {key!r} in {self._dataset.root}") from None
+
+    # ---- lifecycle --------------------------------------------------------
+    def close(self):
+        """Releases the files. Further use raises ValueError; closing twice is fine."""
+        self._core = None
+
+    @property
+    def closed(self):
+        return self._core is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __getstate__(self):
+        return {"fnames": self._fnames, "check_data": self._check_data, "direct": self._direct}
+
+    def __setstate__(self, state):
+        self.__init__(state["fnames"], state["check_data"], state["direct"])
+
+    def __repr__(self):
+        if self.closed:
+            return "<ffrecord.FileReader closed>"
+        return f"<ffrecord.FileReader {self._dataset.root!s} records={self.n} files={len(self._dataset.paths)}>"
+
+    # ---- internals --------------------------------------------------------
+    def _check_open(self):
+        if self._core is None:
+            raise ValueError("I/O operation on a closed FileReader")
+
+    def _file_starts(self):
+        starts, total = [], 0
+        for f in range(self._core.num_files):
+            starts.append(total)
+            total += self._core.file_info(f)["records"]
+        return starts
+
+    def _physical(self, idx):
+        """Visible indices -> indices in the files (quarantined records hidden)."""
+        return idx if self._visible is None else self._visible[idx]
+
+    def _read_checked(self, idx):
+        idx = self._physical(idx)
+        if self._core.has_codec:
+            arrays, flags = self._core.read_with_flags(idx)
+            return self._decode(arrays, flags, idx)
+        return self._core.read(idx)
+
+    def _decode(self, arrays, flags, idx):
+        if not flags.any():
+            return arrays
+        out = list(arrays)
+        for k in np.flatnonzero(flags):
+            f = self._file_of(int(idx[k]))
+            decoder = self._decoders.get(f)
+            if decoder is None:
+                decoder = self._decoders[f] = Decoder(self._core.file_info(f)["dictionary"])
+            try:
+                out[k] = decoder.decode(arrays[k], flags[k])
+            except Exception as e:  # zstd raises its own error type
+                path = self._dataset.paths[f]
+                raise FormatError(f"{path}: cannot decompress record {int(idx[k])}: {e}") from e
+        return out
+
+    def _file_of(self, physical_index):
+        if self._file_ends is None:
+            sizes = [self._core.file_info(f)["records"] for f in range(self._core.num_files)]
+            self._file_ends = np.cumsum(sizes, dtype=np.int64)
+        # The first file whose records end past the index (skips empty files).
+        return int(np.searchsorted(self._file_ends, physical_index, side="right"))
+
+
+def _parse_metadata(raw, path):
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{path}: metadata block is not valid JSON: {e}") from None

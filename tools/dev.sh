@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One entry point for the README's commands. It sets up everything on a fresh
+# machine (a virtualenv in .venv, torch 2.13.0, the C++ extension) and then
+# runs the requested job:
+#   bash tools/dev.sh demo    convert a demo dataset, read it, train, checkpoint
+#   bash tools/dev.sh test    run the test suite
+#   bash tools/dev.sh bench   run the benchmark comparison (slow)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+VENV=.venv
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "== creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+VPY="$VENV/bin/python"
+
+stamp="$VENV/.ffrecord-deps"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "== installing dependencies into $VENV"
+  "$VPY" -m pip install -q --upgrade pip setuptools wheel "pybind11>=2.11"
+  # An explicit CPU build of torch; a bare 'torch' would pull a multi-GB CUDA build.
+  "$VPY" -m pip install -q "torch==2.13.0"
+  "$VPY" -m pip install -q --no-build-isolation -e ".[torch,test,zstd]"
+  touch "$stamp"
+fi
+echo "== building the C++ extension"
+"$VPY" setup.py -q build_ext --inplace -j 2
+
+job=${1:-demo}
+shift || true
+case "$job" in
+  demo) exec "$VPY" -m ffrecord.demo "$@" ;;
+  test) exec "$VPY" -m pytest -q "$@" ;;
+  bench)
+    "$VPY" -m pip install -q -e ".[bench]" --no-build-isolation
+    exec "$VPY" benchmarks/compare.py "$@" ;;
+  *) echo "usage: bash tools/dev.sh demo|test|bench [args...]" >&2; exit 2 ;;
+esac
