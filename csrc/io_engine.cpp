@@ -48,6 +48,9 @@ int pread_fully(int fd, uint8_t* dst, uint64_t off, uint64_t len, uint64_t neede
     }
     if (r == 0) return done >= needed ? kIoOk : kIoEof;
     done += static_cast<uint64_t>(r);
+    // An O_DIRECT read rounded past EOF comes back short; once the needed
+    // bytes are in, stop (a retry at an unaligned offset would fail).
+    if (done >= needed && static_cast<size_t>(r) < want) return kIoOk;
   }
   return kIoOk;
 }
@@ -296,7 +299,7 @@ class UringEngine final : public IoEngine {
         ++completed;
       } else {
         progress_[i] += static_cast<uint64_t>(res);
-        if (progress_[i] >= rq.length) {
+        if (progress_[i] >= rq.needed) {  // needed < length only past EOF (O_DIRECT)
           done(i, kIoOk);
           ++completed;
         } else {

@@ -257,3 +257,12 @@ def test_reader_pickles_and_reopens(tmp_path):
     r2 = pickle.loads(pickle.dumps(r))
     assert r2.n == 10 and r2.read_one(4).tobytes() == recs[4]
     assert r2 is not r and r2._check_data is False
+
+
+def test_direct_reads_of_v1_records_ending_at_end_of_file(golden_v1, engine):
+    # In v1 the last record ends at EOF, so its aligned O_DIRECT read comes back short.
+    path = os.path.join(golden_v1, "small.ffr")
+    buffered = ffrecord.FileReader(path)
+    direct = ffrecord.FileReader(path, direct=True)
+    idx = [49, 0, 48, 49]
+    assert [a.tobytes() for a in direct.read(idx)] == [a.tobytes() for a in buffered.read(idx)]
