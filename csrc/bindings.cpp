@@ -129,6 +129,8 @@ BufferView contiguous_bytes(const py::buffer& buf, py::buffer_info& info) {
 
 }  // namespace
 
+void bind_checkpoint(py::module_& m);  // bindings_checkpoint.cpp
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "ffrecord's compiled core (private; use the ffrecord package)";
 
@@ -322,4 +324,5 @@ PYBIND11_MODULE(_core, m) {
       py::arg("data"), py::arg("value") = 0, "zlib CRC32 (IEEE) of a buffer, extending `value`.");
   m.def("crc32c_impl", &crc32c_impl);
   m.def("pooled_bytes", &pooled_bytes);
+  bind_checkpoint(m);
 }

@@ -1,0 +1,103 @@
+// Bindings of the checkpoint writer (checkpoint_io.h) into ffrecord._core.
+// Errors are ffrecord::Error, translated by the translator bindings.cpp
+// registers. The GIL is released while bytes are copied, hashed and written.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "checkpoint_io.h"
+
+namespace py = pybind11;
+using namespace ffrecord;
+
+namespace {
+
+// A C-contiguous view of any buffer-protocol object, kept alive by `info`.
+WritePiece piece_of(const py::handle& obj, py::buffer_info& info) {
+  info = py::reinterpret_borrow<py::buffer>(obj).request();
+  py::ssize_t expect = info.itemsize;
+  for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
+    if (info.shape[d] > 1 && info.strides[d] != expect)
+      throw py::value_error("checkpoint pieces must be C-contiguous buffers");
+    expect *= info.shape[d];
+  }
+  return {static_cast<const uint8_t*>(info.ptr), static_cast<uint64_t>(info.size * info.itemsize)};
+}
+
+template <typename T>
+py::array_t<T> to_array(const std::vector<T>& v) {
+  py::array_t<T> out(static_cast<py::ssize_t>(v.size()));
+  if (!v.empty()) std::memcpy(out.mutable_data(), v.data(), v.size() * sizeof(T));
+  return out;
+}
+
+}  // namespace
+
+void bind_checkpoint(py::module_& m) {
+  py::class_<CheckpointFileWriter>(m, "CheckpointFileWriter")
+      .def(py::init([](const std::string& path, uint64_t buffer_bytes, unsigned buffers, unsigned io_threads,
+                       bool direct) {
+             py::gil_scoped_release nogil;
+             return std::make_unique<CheckpointFileWriter>(
+                 path, CheckpointWriterOptions{buffer_bytes, buffers, io_threads, direct});
+           }),
+           py::arg("path"), py::arg("buffer_bytes") = uint64_t(8) << 20, py::arg("buffers") = 6,
+           py::arg("io_threads") = 2, py::arg("direct") = true)
+      .def(
+          "write_record",
+          [](CheckpointFileWriter& w, const py::list& pieces, uint64_t piece_align, uint64_t block_size) {
+            const size_t n = pieces.size();
+            std::vector<py::buffer_info> infos(n);
+            std::vector<WritePiece> views(n);
+            for (size_t k = 0; k < n; ++k) views[k] = piece_of(pieces[k], infos[k]);
+            RecordWritten r;
+            {
+              py::gil_scoped_release nogil;
+              r = w.write_record(views.data(), n, piece_align, block_size);
+            }
+            return py::make_tuple(r.index, r.offset, r.length, to_array(r.piece_offset), to_array(r.piece_crc),
+                                  to_array(r.block_crc));
+          },
+          py::arg("pieces"), py::arg("piece_align") = 64, py::arg("block_size") = 0,
+          "Appends one record made of `pieces`; returns (index, offset, length, piece_offsets, piece_crcs, "
+          "block_crcs).")
+      .def(
+          "finish",
+          [](CheckpointFileWriter& w, const py::bytes& metadata) {
+            std::string meta(metadata);
+            py::gil_scoped_release nogil;
+            w.finish(meta);
+          },
+          py::arg("metadata") = py::bytes())
+      .def("abort",
+           [](CheckpointFileWriter& w) {
+             py::gil_scoped_release nogil;
+             w.abort();
+           })
+      .def_property_readonly("is_open", &CheckpointFileWriter::is_open)
+      .def_property_readonly("direct", &CheckpointFileWriter::direct)
+      .def_property_readonly("records", &CheckpointFileWriter::records)
+      .def_property_readonly("size", &CheckpointFileWriter::size)
+      .def_property_readonly("path", &CheckpointFileWriter::path);
+
+  m.def(
+      "sync_path",
+      [](const std::string& path, bool directory) {
+        py::gil_scoped_release nogil;
+        sync_path(path, directory);
+      },
+      py::arg("path"), py::arg("directory") = false, "fsync a file or directory by path.");
+  m.def(
+      "exchange_paths",
+      [](const std::string& a, const std::string& b) {
+        py::gil_scoped_release nogil;
+        return exchange_paths(a, b);
+      },
+      py::arg("a"), py::arg("b"), "Atomically swaps two paths; False where the filesystem cannot.");
+  m.def("crc32c_combine", &crc32c_combine, py::arg("crc_a"), py::arg("crc_b"), py::arg("len_b"),
+        "CRC32C of A||B from crc32c(A), crc32c(B) and len(B).");
+}

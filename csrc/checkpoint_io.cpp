@@ -1,0 +1,381 @@
+#include "checkpoint_io.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <cstdlib>
+#include <cstring>
+
+#include "crc.h"
+#include "error.h"
+
+namespace ffrecord {
+namespace {
+
+constexpr uint32_t kPolyCastagnoli = 0x82F63B78u;  // reflected
+constexpr uint64_t kSegment = uint64_t(256) << 10;  // copy+hash step: stays in L2
+
+// Polynomial arithmetic modulo the CRC polynomial, as zlib's crc32_combine
+// does it: multiply two reflected polynomials; x^(2^k) tabulated.
+uint32_t multmodp(uint32_t a, uint32_t b) {
+  uint32_t m = 1u << 31, p = 0;
+  for (;;) {
+    if (a & m) {
+      p ^= b;
+      if ((a & (m - 1)) == 0) break;
+    }
+    m >>= 1;
+    b = (b & 1) ? (b >> 1) ^ kPolyCastagnoli : b >> 1;
+  }
+  return p;
+}
+
+struct PowerTable {
+  uint32_t x2n[32];
+  PowerTable() {
+    uint32_t p = 1u << 30;  // x^1
+    x2n[0] = p;
+    for (int n = 1; n < 32; ++n) x2n[n] = p = multmodp(p, p);
+  }
+};
+
+uint32_t x2nmodp(uint64_t n, unsigned k) {
+  static const PowerTable table;
+  uint32_t p = 1u << 31;  // x^0
+  while (n) {
+    if (n & 1) p = multmodp(table.x2n[k & 31], p);
+    n >>= 1;
+    ++k;
+  }
+  return p;
+}
+
+uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+
+}  // namespace
+
+uint32_t crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b) {
+  if (len_b == 0) return crc_a;
+  return multmodp(x2nmodp(len_b, 3), crc_a) ^ crc_b;
+}
+
+CheckpointFileWriter::CheckpointFileWriter(std::string path, CheckpointWriterOptions options)
+    : path_(std::move(path)), options_(options) {
+  if (options_.buffer_bytes == 0 || options_.buffer_bytes % kAlignment)
+    throw_value("buffer_bytes must be a positive multiple of 4096");
+  if (options_.buffers < 2) throw_value("need at least 2 buffers");
+  if (options_.io_threads < 1) throw_value("need at least 1 I/O thread");
+  options_.io_threads = std::min(options_.io_threads, options_.buffers - 1);
+  const int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC;
+  if (options_.direct) {
+    fd_ = ::open(path_.c_str(), flags | O_DIRECT, 0644);
+    direct_ = fd_ >= 0;
+    // EINVAL: the filesystem (e.g. tmpfs) has no O_DIRECT; write buffered.
+    if (fd_ < 0 && errno != EINVAL) throw_io(path_, "cannot create checkpoint file", errno);
+  }
+  if (fd_ < 0) {
+    fd_ = ::open(path_.c_str(), flags, 0644);
+    if (fd_ < 0) throw_io(path_, "cannot create checkpoint file", errno);
+  }
+  try {
+    for (unsigned i = 0; i < options_.buffers; ++i) {
+      void* p = nullptr;
+      if (::posix_memalign(&p, kAlignment, options_.buffer_bytes) != 0) throw_io(path_, "out of memory", ENOMEM);
+      buffers_.push_back(static_cast<uint8_t*>(p));
+      free_.push_back(i);
+    }
+    for (unsigned i = 0; i < options_.io_threads; ++i) threads_.emplace_back([this] { io_loop(); });
+    format::FileHeader h{};
+    std::memcpy(h.magic, format::kMagic, sizeof(h.magic));
+    h.version = format::kVersion2;
+    h.flags = format::kHeaderFlagAligned;
+    h.alignment = static_cast<uint32_t>(kAlignment);
+    h.header_crc = crc32c(&h, offsetof(format::FileHeader, header_crc));
+    put(reinterpret_cast<const uint8_t*>(&h), sizeof(h), 0);
+  } catch (...) {
+    abort();
+    throw;
+  }
+}
+
+CheckpointFileWriter::~CheckpointFileWriter() { abort(); }
+
+void CheckpointFileWriter::check_open() const {
+  if (fd_ < 0) throw_value(path_ + ": checkpoint file writer is closed");
+}
+
+void CheckpointFileWriter::fail(const std::string& what, int err) {
+  abort();
+  throw_io(path_, what, err);
+}
+
+void CheckpointFileWriter::io_loop() {
+  for (;;) {
+    Job job;
+    bool skip;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
+      if (jobs_.empty()) return;  // stopping, nothing left
+      job = jobs_.front();
+      jobs_.pop_front();
+      skip = stopping_;  // aborting: drop queued writes
+    }
+    int err = 0;
+    if (!skip) {
+      const uint8_t* p = buffers_[job.buffer];
+      uint64_t off = job.offset, left = job.length;
+      while (left) {
+        ssize_t r = ::pwrite(fd_, p, left, static_cast<off_t>(off));
+        if (r < 0) {
+          if (errno == EINTR) continue;
+          if (errno == EINVAL && direct_) {
+            // Some filesystems accept O_DIRECT at open and refuse it at write.
+            int fl = ::fcntl(fd_, F_GETFL);
+            if (fl >= 0 && ::fcntl(fd_, F_SETFL, fl & ~O_DIRECT) == 0) {
+              direct_ = false;
+              continue;
+            }
+          }
+          err = errno;
+          break;
+        }
+        if (r == 0) {
+          err = EIO;
+          break;
+        }
+        p += r;
+        off += static_cast<uint64_t>(r);
+        left -= static_cast<uint64_t>(r);
+      }
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (err && !io_error_) io_error_ = err;
+      free_.push_back(job.buffer);
+      --in_flight_;
+    }
+    cv_.notify_all();
+  }
+}
+
+void CheckpointFileWriter::acquire_buffer() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return !free_.empty() || io_error_; });
+  if (io_error_) {
+    int err = io_error_;
+    lock.unlock();
+    fail("write failed", err);
+  }
+  current_ = static_cast<int>(free_.front());
+  free_.pop_front();
+  fill_ = 0;
+}
+
+void CheckpointFileWriter::submit_current(uint64_t length) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    jobs_.push_back({static_cast<unsigned>(current_), buffer_start_, length});
+    ++in_flight_;
+  }
+  cv_.notify_all();
+  buffer_start_ += options_.buffer_bytes;
+  current_ = -1;
+  fill_ = 0;
+}
+
+uint32_t CheckpointFileWriter::put(const uint8_t* src, uint64_t n, uint32_t crc) {
+  while (n) {
+    if (current_ < 0) acquire_buffer();
+    uint8_t* dst = buffers_[current_] + fill_;
+    uint64_t k = std::min({n, options_.buffer_bytes - fill_, kSegment});
+    if (src) {
+      std::memcpy(dst, src, k);
+      src += k;
+    } else {
+      std::memset(dst, 0, k);
+    }
+    crc = crc32c(dst, k, crc);  // hashed while the copy is still in cache
+    fill_ += k;
+    pos_ += k;
+    n -= k;
+    if (fill_ == options_.buffer_bytes) submit_current(fill_);
+  }
+  return crc;
+}
+
+void CheckpointFileWriter::pad_to(uint64_t alignment) {
+  uint64_t pad = align_up(pos_, alignment) - pos_;
+  if (pad) put(nullptr, pad, 0);
+}
+
+RecordWritten CheckpointFileWriter::write_record(const WritePiece* pieces, size_t n, uint64_t piece_align,
+                                                 uint64_t block_size) {
+  check_open();
+  if (piece_align == 0 || (piece_align & (piece_align - 1))) throw_value("piece_align must be a power of two");
+  RecordWritten rec;
+  rec.piece_offset.resize(n);
+  rec.piece_crc.resize(n);
+  uint64_t length = 0;
+  for (size_t k = 0; k < n; ++k) {
+    if (k) length = align_up(length, piece_align);
+    rec.piece_offset[k] = length;
+    length += pieces[k].size;
+  }
+  rec.length = length;
+  if (length) pad_to(kAlignment);  // empty records are never padded (FORMAT.md)
+  rec.offset = pos_;
+  rec.index = index_.size();
+
+  // One hashing pass per byte: without blocks the record CRC is extended
+  // segment by segment; with blocks each block is hashed and the record CRC
+  // is combined from the block CRCs.
+  uint32_t data_crc = 0, block = 0;
+  uint64_t in_block = 0;
+  auto emit = [&](const uint8_t* src, uint64_t size) {
+    if (!block_size) {
+      data_crc = put(src, size, data_crc);
+      return;
+    }
+    while (size) {
+      uint64_t k = std::min(size, block_size - in_block);
+      block = put(src, k, block);
+      if (src) src += k;
+      size -= k;
+      in_block += k;
+      if (in_block == block_size) {
+        rec.block_crc.push_back(block);
+        data_crc = crc32c_combine(data_crc, block, in_block);
+        block = 0;
+        in_block = 0;
+      }
+    }
+  };
+  uint64_t at = 0;
+  for (size_t k = 0; k < n; ++k) {
+    if (rec.piece_offset[k] > at) emit(nullptr, rec.piece_offset[k] - at);
+    emit(pieces[k].data, pieces[k].size);
+    at = rec.piece_offset[k] + pieces[k].size;
+  }
+  if (block_size && in_block) {
+    rec.block_crc.push_back(block);
+    data_crc = crc32c_combine(data_crc, block, in_block);
+  }
+  if (n == 1) {
+    rec.piece_crc[0] = data_crc;  // the record is exactly the piece
+  } else {
+    // Several pieces (small tensors packed together): hash each again; they are small.
+    for (size_t k = 0; k < n; ++k) rec.piece_crc[k] = crc32c(pieces[k].data, pieces[k].size);
+  }
+  uint8_t trailer[12];
+  const uint32_t flags = 0;
+  std::memcpy(trailer, &length, 8);
+  std::memcpy(trailer + 8, &flags, 4);
+  index_.push_back({rec.offset, length, crc32c(trailer, sizeof(trailer), data_crc), flags});
+  return rec;
+}
+
+void CheckpointFileWriter::wait_idle() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return in_flight_ == 0; });
+  if (io_error_) {
+    int err = io_error_;
+    lock.unlock();
+    fail("write failed", err);
+  }
+}
+
+void CheckpointFileWriter::finish(const std::string& metadata) {
+  check_open();
+  format::FileFooter ft{};
+  pad_to(8);
+  ft.num_records = index_.size();
+  ft.index_offset = pos_;
+  const uint64_t index_bytes = index_.size() * sizeof(format::IndexEntry);
+  ft.index_crc = crc32c(index_.data(), index_bytes);
+  put(reinterpret_cast<const uint8_t*>(index_.data()), index_bytes, 0);
+  ft.meta_offset = pos_;
+  ft.meta_length = metadata.size();
+  ft.aux_crc = crc32c(metadata.data(), metadata.size());
+  put(reinterpret_cast<const uint8_t*>(metadata.data()), metadata.size(), 0);
+  ft.dict_offset = pos_;
+  ft.keys_offset = pos_;
+  ft.version = format::kVersion2;
+  std::memcpy(ft.magic, format::kMagic, sizeof(ft.magic));
+  ft.footer_crc = crc32c(&ft, offsetof(format::FileFooter, footer_crc));
+  put(reinterpret_cast<const uint8_t*>(&ft), sizeof(ft), 0);
+  const uint64_t size = pos_;
+  if (current_ >= 0 && fill_) {
+    // The tail goes out as whole 4 KiB units (O_DIRECT); truncated below.
+    uint64_t len = align_up(fill_, kAlignment);
+    std::memset(buffers_[current_] + fill_, 0, len - fill_);
+    submit_current(len);
+  }
+  wait_idle();
+  if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) fail("ftruncate failed", errno);
+  if (::fsync(fd_) != 0) fail("fsync failed", errno);
+  stop_threads();
+  int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) {
+    int err = errno;
+    ::unlink(path_.c_str());
+    throw_io(path_, "close failed", err);
+  }
+  for (auto* b : buffers_) std::free(b);
+  buffers_.clear();
+  std::vector<format::IndexEntry>().swap(index_);
+}
+
+void CheckpointFileWriter::stop_threads() noexcept {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : threads_)
+    if (t.joinable()) t.join();
+  threads_.clear();
+}
+
+void CheckpointFileWriter::abort() noexcept {
+  stop_threads();
+  if (fd_ >= 0) {
+    ::close(fd_);
+    fd_ = -1;
+    ::unlink(path_.c_str());
+  }
+  for (auto* b : buffers_) std::free(b);
+  buffers_.clear();
+}
+
+void sync_path(const std::string& path, bool directory) {
+  int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  if (fd < 0) throw_io(path, "cannot open for fsync", errno);
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  // Some filesystems refuse fsync on a directory; the data files were synced.
+  if (rc != 0 && !(directory && (err == EINVAL || err == EBADF))) throw_io(path, "fsync failed", err);
+}
+
+bool exchange_paths(const std::string& a, const std::string& b) {
+#if defined(SYS_renameat2)
+  constexpr unsigned kRenameExchange = 1u << 1;  // RENAME_EXCHANGE
+  if (::syscall(SYS_renameat2, AT_FDCWD, a.c_str(), AT_FDCWD, b.c_str(), kRenameExchange) == 0) return true;
+  int err = errno;
+  if (err == EINVAL || err == ENOSYS || err == EOPNOTSUPP || err == EPERM) return false;
+  throw_io(b, "cannot exchange with " + a, err);
+#else
+  (void)a;
+  (void)b;
+  return false;
+#endif
+}
+
+}  // namespace ffrecord
