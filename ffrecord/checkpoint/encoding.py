@@ -341,6 +341,17 @@ class Decoder:
         raise self.bad(path, f"unknown node type {tag!r}")
 
     def key(self, node, path):
+        """A dict key or set member: plain hashable values only."""
+        if type(node) is dict:
+            tag = node.get("$")
+            if tag in ("tuple", "frozenset"):
+                items = node.get("v")
+                if not isinstance(items, list):
+                    raise self.bad(path, f"a {tag} needs a 'v' list")
+                members = [self.key(x, path) for x in items]
+                return tuple(members) if tag == "tuple" else frozenset(members)
+            if tag not in ("float", "complex", "bytes", "npscalar"):
+                raise self.bad(path, f"a dict key cannot be a {tag!r} node")
         k = self.decode(node, path)
         try:
             hash(k)

@@ -6,6 +6,7 @@ tree, the arrays and the record plan) and ``PayloadWriter`` (records into
 ring of reused aligned buffers, CRC32C computed while copying).
 """
 
+import collections
 import os
 
 import numpy as np
@@ -25,7 +26,7 @@ from .layout import (
     write_manifest,
 )
 
-__all__ = ["save", "SavePlan", "PayloadWriter"]
+__all__ = ["save", "SavePlan", "PayloadWriter", "Written", "tensor_bytes"]
 
 DEFAULT_FILE_BYTES = 64 << 30
 
@@ -117,11 +118,10 @@ class SavePlan:
     def total_bytes(self):
         return sum(it.nbytes for it in self.items)
 
-    def record_written(self, record, result):
-        """Notes where the pieces of ``record`` landed: result of PayloadWriter.write."""
-        f, index, offsets, crcs = result
+    def record_written(self, record, written):
+        """Notes where the pieces of ``record`` landed (a ``Written``)."""
         for k, (i, _, n) in enumerate(record):
-            self.parts[i].append([f, index, int(offsets[k]), n, int(crcs[k])])
+            self.parts[i].append([written.file, written.record, int(written.piece_offsets[k]), n, int(written.piece_crcs[k])])
 
     def manifest(self, files):
         arrays = []
@@ -142,6 +142,13 @@ class SavePlan:
 
 def _is_tensor(v):
     return type(v).__module__.startswith("torch")
+
+
+Written = collections.namedtuple(
+    "Written", "file record offset length piece_offsets piece_crcs block_crcs"
+)
+Written.__doc__ = """Where a record landed: file (index into PayloadWriter.files), record index,
+file offset and length, and the CRC32C of each piece (and of each block, in block mode)."""
 
 
 class PayloadWriter:
@@ -172,15 +179,15 @@ class PayloadWriter:
         self._writer = None
 
     def write(self, pieces):
-        """Appends one record; returns (file, record, piece_offsets, piece_crcs),
-        with the block CRCs as a fifth element when ``block_size`` is set."""
+        """Appends one record made of ``pieces`` (C-contiguous buffers); returns
+        where it landed and its checksums, as a ``Written``."""
         if self._writer is None or self._writer.size >= self.file_bytes:
             self._open_next()
-        index, _, _, offsets, crcs, blocks = self._writer.write_record(list(pieces), PIECE_ALIGN, self.block_size)
+        index, offset, length, offsets, crcs, blocks = self._writer.write_record(
+            list(pieces), PIECE_ALIGN, self.block_size
+        )
         sync_point("record-written")
-        if self.block_size:
-            return len(self.files) - 1, index, offsets, crcs, blocks
-        return len(self.files) - 1, index, offsets, crcs
+        return Written(len(self.files) - 1, index, offset, length, offsets, crcs, blocks)
 
     def finish(self):
         """Completes and fsyncs every file; returns the manifest's file list."""

@@ -1,0 +1,235 @@
+"""async_save(): copy a state to host memory, return, write it in the background.
+
+The caller's thread encodes the tree and copies every tensor into a staging
+buffer in host memory (pinned when CUDA is available, so device-to-host
+copies run at full speed); a background thread writes the staged bytes with
+the same writer and commit protocol as ``save``. The caller may change or
+free its tensors as soon as ``async_save`` returns.
+
+Bounded staging: the staging buffer is a FIFO ring of at most
+``max_staging_bytes``. When the state is larger, the caller copies records
+into the ring as fast as the writer frees space, so it blocks only as long as
+needed and never allocates more. The buffer is kept for the next call (saves
+of the same shapes reuse it); ``release_staging_memory()`` frees it.
+
+At most one async save is in flight per process: a second call first waits
+for the previous one to finish (the staging buffer is shared).
+"""
+
+import collections
+import concurrent.futures
+import threading
+
+from .commit import DirectoryCommit, sync_point
+from .layout import CHUNK_BYTES, PACK_BYTES, PIECE_ALIGN, record_bytes, write_manifest
+from .saving import PayloadWriter, SavePlan
+
+__all__ = ["async_save", "SaveFuture", "release_staging_memory"]
+
+MIN_STAGING_BYTES = 1 << 20
+
+_lock = threading.Lock()
+_arena = None  # the kept staging buffer (a uint8 tensor)
+_inflight = None  # the future of the last async save
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _align(n):
+    return -(-n // PIECE_ALIGN) * PIECE_ALIGN
+
+
+class SaveFuture(concurrent.futures.Future):
+    """The outcome of an ``async_save``: ``result()`` returns the checkpoint
+    path once it is committed and durable, and raises the writer's error if
+    the save failed; ``wait()`` does the same and returns None."""
+
+    def wait(self, timeout=None):
+        self.result(timeout)
+
+
+class _Ring:
+    """FIFO allocator over a staging buffer: the producer allocates records in
+    order, the consumer frees them in the same order."""
+
+    def __init__(self, buffer):
+        self.buffer = buffer
+        self.capacity = buffer.numel()
+        self._allocs = collections.deque()  # (start, size)
+        self._cv = threading.Condition()
+        self.failed = None
+
+    def _fit(self, n):
+        if not self._allocs:
+            return 0
+        tail = self._allocs[0][0]
+        last_start, last_size = self._allocs[-1]
+        head = last_start + last_size
+        if head > tail:  # in use: [tail, head); free: [head, end) and [0, tail)
+            if self.capacity - head >= n:
+                return head
+            return 0 if tail >= n else None
+        return head if tail - head >= n else None  # wrapped: free is [head, tail)
+
+    def alloc(self, n):
+        if n > self.capacity:
+            raise ValueError(f"a record of {n} bytes does not fit the {self.capacity}-byte staging buffer")
+        with self._cv:
+            while True:
+                if self.failed is not None:
+                    raise self.failed
+                start = self._fit(n)
+                if start is not None:
+                    self._allocs.append((start, n))
+                    return start
+                self._cv.wait()
+
+    def free_oldest(self):
+        with self._cv:
+            self._allocs.popleft()
+            self._cv.notify_all()
+
+    def fail(self, exc):
+        with self._cv:
+            self.failed = exc
+            self._cv.notify_all()
+
+
+def release_staging_memory():
+    """Frees the staging buffer kept between async saves (waits for a save in flight)."""
+    global _arena
+    with _lock:
+        if _inflight is not None:
+            concurrent.futures.wait([_inflight])
+        _arena = None
+
+
+def _staging_buffer(capacity, limit):
+    """A staging buffer of at least ``capacity`` bytes (and at most ``limit``),
+    reusing the kept one when it fits."""
+    global _arena
+    torch = _torch()
+    pin = torch.cuda.is_available()
+    if _arena is not None and capacity <= _arena.numel() <= limit and _arena.is_pinned() == pin:
+        return _arena
+    _arena = None  # drop the old one before allocating: bounded memory
+    _arena = torch.empty(capacity, dtype=torch.uint8, pin_memory=pin)
+    return _arena
+
+
+def async_save(obj, path, *, max_staging_bytes=None, trusted=False, chunk_bytes=None, file_bytes=None):
+    """Starts saving ``obj`` to ``path`` (as ``save`` does) and returns a
+    SaveFuture once every tensor is copied to host memory.
+
+    ``max_staging_bytes`` caps the host memory used for staging (at least
+    1 MiB); beyond it, this call streams the state through the cap, waiting
+    for the writer. Errors about the object itself (unsupported leaves) and
+    the path are raised here; errors of the writing are raised by the
+    future's ``result()`` / ``wait()``. The checkpoint appears at ``path``
+    atomically when the write completes; until then ``path`` keeps its
+    previous content.
+    """
+    global _inflight
+    limit = float("inf")
+    chunk = CHUNK_BYTES if chunk_bytes is None else int(chunk_bytes)
+    pack = PACK_BYTES
+    if max_staging_bytes is not None:
+        if isinstance(max_staging_bytes, bool) or not isinstance(max_staging_bytes, int):
+            raise TypeError("max_staging_bytes must be an int or None")
+        if max_staging_bytes < MIN_STAGING_BYTES:
+            raise ValueError(f"max_staging_bytes must be at least {MIN_STAGING_BYTES}, got {max_staging_bytes}")
+        limit = max_staging_bytes
+        chunk = max(1, min(chunk, limit // 2 - PIECE_ALIGN))
+        pack = min(pack, limit // 4)
+    with _lock:
+        if _inflight is not None:
+            concurrent.futures.wait([_inflight])  # serialise: its error belongs to its own future
+        plan = SavePlan(obj, trusted=trusted, chunk_bytes=chunk, pack_bytes=pack)
+        sizes = [_align(record_bytes(r)) for r in plan.records]
+        capacity = int(min(sum(sizes), limit)) if sizes else 0
+        buffer = _staging_buffer(max(capacity, PIECE_ALIGN), limit)
+        commit = DirectoryCommit(path)
+        future = SaveFuture()
+        future.set_running_or_notify_cancel()
+        ring = _Ring(buffer)
+        queue = collections.deque()
+        ready = threading.Condition()
+        writer = threading.Thread(
+            target=_write_staged,
+            args=(plan, ring, queue, ready, commit, file_bytes, future),
+            name="ffrecord-async-save",
+        )
+        writer.start()
+        _inflight = future
+        try:
+            _stage(plan, ring, queue, ready)
+        except BaseException as e:
+            with ready:
+                queue.append(("abort", e))
+                ready.notify()
+            if ring.failed is None:
+                raise
+        return future
+
+
+def _stage(plan, ring, queue, ready):
+    torch = _torch()
+    cached = (None, None)
+    for record in plan.records:
+        start = ring.alloc(_align(record_bytes(record)))
+        views, at, cuda = [], start, False
+        for i, begin, n in record:
+            if cached[0] != i:
+                cached = (i, plan.items[i].byte_tensor())
+            src = cached[1][begin : begin + n]
+            dst = ring.buffer[at : at + n]
+            on_device = src.device.type != "cpu"
+            dst.copy_(src, non_blocking=on_device)
+            cuda = cuda or src.device.type == "cuda"
+            views.append(dst)
+            at = _align(at + n)
+        event = None
+        if cuda:
+            event = torch.cuda.Event()
+            event.record()
+        with ready:
+            queue.append(("record", (record, views, event)))
+            ready.notify()
+    with ready:
+        queue.append(("done", None))
+        ready.notify()
+
+
+def _write_staged(plan, ring, queue, ready, commit, file_bytes, future):
+    out = PayloadWriter(commit.tmp, file_bytes)
+    try:
+        while True:
+            with ready:
+                while not queue:
+                    ready.wait()
+                what, payload = queue.popleft()
+            if what == "abort":
+                raise payload
+            if what == "done":
+                break
+            record, views, event = payload
+            if event is not None:
+                event.synchronize()
+            plan.record_written(record, out.write([v.numpy() for v in views]))
+            ring.free_oldest()
+        files = out.finish()
+        sync_point("data-written")
+        write_manifest(commit.tmp, plan.manifest(files))
+        sync_point("manifest-written")
+        commit.commit()
+    except BaseException as e:
+        ring.fail(e)
+        out.abort()
+        commit.abort()
+        future.set_exception(e)
+        return
+    future.set_result(commit.target)
