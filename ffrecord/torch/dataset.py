@@ -1,0 +1,297 @@
+"""Map-style PyTorch datasets over record files.
+
+``RecordDataset`` is the drop-in dataset: ``ds[i]`` is one sample and
+``ds.__getitems__(indices)`` (which ``torch.utils.data.DataLoader`` calls with
+each batch of indices) reads the whole batch with one asynchronous call.
+
+``Dataset``, ``Subset`` and ``ConcatDataset`` keep the interface of the
+original FFRecord package: a subclass of ``Dataset`` gets the raw records of
+a batch and turns them into samples in ``process(indices, data)``.
+
+Readers are opened lazily, once per process: a dataset object copied into a
+DataLoader worker (by fork or by pickling for spawn) opens its own reader on
+first use and never touches the one its parent opened.
+"""
+
+import bisect
+import os
+
+import numpy as np
+import torch.utils.data
+
+from ..reader import FileReader
+from .decoders import get_decoder
+from .packed import PackedBatch
+
+__all__ = ["RecordDataset", "Dataset", "Subset", "ConcatDataset"]
+
+
+class _ProcessLocalReader:
+    """A FileReader opened on first use in each process, keyed by pid."""
+
+    def __init__(self, fnames, check_data, direct=False):
+        self.fnames = fnames
+        self.check_data = bool(check_data)
+        self.direct = bool(direct)
+        self._reader = None
+        self._pid = None
+
+    def get(self):
+        pid = os.getpid()
+        if self._pid != pid:
+            # A reader inherited through fork is dropped here, never used.
+            # (Two threads racing on first use just open two readers.)
+            self._reader = FileReader(self.fnames, self.check_data, self.direct)
+            self._pid = pid
+        return self._reader
+
+    def close(self):
+        if self._pid == os.getpid() and self._reader is not None:
+            self._reader.close()
+
+    def __getstate__(self):
+        return {"fnames": self.fnames, "check_data": self.check_data, "direct": self.direct}
+
+    def __setstate__(self, state):
+        self.__init__(state["fnames"], state["check_data"], state["direct"])
+
+
+def _as_index_list(indices):
+    if isinstance(indices, (list, tuple, range, np.ndarray)):
+        return indices
+    if isinstance(indices, torch.Tensor):
+        return indices.tolist()
+    raise TypeError(f"indices must be a list, tuple, range, numpy array or tensor, not {type(indices).__name__}")
+
+
+class RecordDataset(torch.utils.data.Dataset):
+    """The records of ``path`` (a ``.ffr`` file, a list of them, or a dataset
+    directory) as a map-style dataset.
+
+    A sample is ``transform(decode(record))``: ``record`` is a 1-D numpy uint8
+    array, ``decode`` a name from ``ffrecord.torch.decoders`` (``'raw'``, the
+    default; ``'bytes'``, ``'npy'``, ``'json'``, ``'pil'``; ``'pickle'`` only
+    when asked for) or any callable; ``transform`` any callable or None.
+    ``batch_transform``, when given, receives the list of samples of a batch
+    (or the ``PackedBatch``) and returns what the DataLoader's ``collate_fn``
+    gets.
+
+    ``packed=True``: a batch is one ``PackedBatch`` (one uint8 tensor plus
+    offsets, see ``ffrecord.torch.packed``), to be used with
+    ``collate_fn=ffrecord.torch.packed_collate`` (``ffrecord.torch.DataLoader``
+    sets it); ``decode`` and ``transform`` must then be unset.
+
+    The dataset opens its reader lazily in each process and pickles by path,
+    so it works with any ``num_workers``, fork or spawn.
+    """
+
+    def __init__(self, path, decode=None, transform=None, check_data=True, packed=False, *,
+                 batch_transform=None, direct=False):
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable, not {type(transform).__name__}")
+        if batch_transform is not None and not callable(batch_transform):
+            raise TypeError(f"batch_transform must be callable, not {type(batch_transform).__name__}")
+        self.packed = bool(packed)
+        if self.packed and (decode is not None or transform is not None):
+            raise ValueError("packed=True returns raw bytes per batch: use batch_transform instead of decode/transform")
+        self.decode = get_decoder(decode)
+        self.transform = transform
+        self.batch_transform = batch_transform
+        self._source = _ProcessLocalReader(path, check_data, direct)
+        self._len = self._source.get().n  # opens now: a bad path fails here, not in a worker
+
+    @property
+    def reader(self):
+        """The FileReader of the calling process (opened on first use)."""
+        return self._source.get()
+
+    @property
+    def path(self):
+        return self._source.fnames
+
+    def __len__(self):
+        return self._len
+
+    def _sample(self, record):
+        sample = self.decode(record)
+        return self.transform(sample) if self.transform is not None else sample
+
+    def __getitem__(self, index):
+        """Sample ``index`` (negative counts from the end)."""
+        record = self._source.get().read_one(index)
+        return record if self.packed else self._sample(record)
+
+    def __getitems__(self, indices):
+        """The samples of a batch of indices, read with one batch call: a list,
+        or with ``packed=True`` one ``PackedBatch`` (then given to
+        ``batch_transform`` when set)."""
+        indices = _as_index_list(indices)
+        reader = self._source.get()
+        if self.packed:
+            data, offsets = reader.read_packed(indices)
+            idx = np.asarray(indices, dtype=np.int64)  # valid: the read checked them
+            batch = PackedBatch(data, offsets, np.where(idx < 0, idx + self._len, idx))
+        else:
+            batch = [self._sample(r) for r in reader.read(indices)]
+        return self.batch_transform(batch) if self.batch_transform is not None else batch
+
+    def close(self):
+        """Closes this process's reader (reads then raise ValueError)."""
+        self._source.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"<ffrecord.torch.RecordDataset {self.path!r} records={self._len} packed={self.packed}>"
+
+
+class Dataset(torch.utils.data.Dataset):
+    """Compatibility base class of the original FFRecord package.
+
+    Indexed with a *batch* of indices, it reads their records in one call and
+    passes them to ``process(indices, data)``, which a subclass defines and
+    which returns the list of samples::
+
+        class MyDataset(ffrecord.torch.Dataset):
+            def __init__(self, fname, check_data=True, transform=None):
+                super().__init__(fname, check_data)
+                self.transform = transform
+
+            def process(self, indices, data):
+                samples = [pickle.loads(b) for b in data]
+                return [self.transform(s) for s in samples] if self.transform else samples
+
+        ds = MyDataset("train.ffr")
+        ds[[3, 4, 1, 0]]        # -> 4 samples
+
+    ``ds[i]`` with a single int gives one sample. ``__getitems__`` makes the
+    plain ``torch.utils.data.DataLoader`` fetch whole batches the same way.
+    Subclasses may also override ``__getitem__(indices)`` and ``__len__``
+    and set ``self.reader = FileReader(...)`` themselves, as the original
+    package allowed.
+    """
+
+    def __init__(self, fnames, check_data=True):
+        self.fnames = fnames
+        self._source = _ProcessLocalReader(fnames, check_data)
+        self._source.get()
+
+    @property
+    def reader(self):
+        """The FileReader of the calling process (opened on first use)."""
+        own = self.__dict__.get("_own_reader")
+        if own is not None:
+            return own
+        source = self.__dict__.get("_source")
+        if source is None:
+            raise AttributeError("this ffrecord.torch.Dataset has no reader: call super().__init__(fnames)")
+        return source.get()
+
+    @reader.setter
+    def reader(self, value):
+        self.__dict__["_own_reader"] = value
+
+    def __len__(self):
+        return self.reader.n
+
+    def __getitem__(self, indices):
+        if isinstance(indices, (int, np.integer)) and not isinstance(indices, bool):
+            return self.process([int(indices)], self.reader.read([int(indices)]))[0]
+        if not isinstance(indices, (list, tuple)):
+            raise TypeError(f"indices must be a list of indices (or one int), not {type(indices).__name__}")
+        return self.process(indices, self.reader.read(indices))
+
+    def __getitems__(self, indices):
+        return self[list(indices)]
+
+    def process(self, indices, data):
+        """Turns the raw records ``data`` (numpy uint8 arrays, one per index)
+        into the list of samples handed to the DataLoader's ``collate_fn``."""
+        raise NotImplementedError("subclasses of ffrecord.torch.Dataset define process(indices, data)")
+
+
+def _fetch_many(dataset, indices):
+    """The samples of ``indices`` from any map-style dataset, batched when it can."""
+    if not indices:
+        return []
+    getitems = getattr(dataset, "__getitems__", None)
+    if getitems is not None:
+        out = getitems(list(indices))
+    elif isinstance(dataset, Dataset):
+        out = dataset[list(indices)]
+    else:
+        out = [dataset[i] for i in indices]
+    return list(out) if isinstance(out, PackedBatch) else out
+
+
+class Subset(Dataset):
+    """The samples of ``dataset`` at ``indices`` (fetched as one batch)."""
+
+    def __init__(self, dataset, indices):
+        self.dataset = dataset
+        self.indices = indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, indices):
+        if isinstance(indices, (int, np.integer)) and not isinstance(indices, bool):
+            return _fetch_many(self.dataset, [self.indices[indices]])[0]
+        if not isinstance(indices, (list, tuple)):
+            raise TypeError(f"indices must be a list of indices (or one int), not {type(indices).__name__}")
+        return _fetch_many(self.dataset, [self.indices[i] for i in indices])
+
+
+class ConcatDataset(Dataset):
+    """Datasets one after another; a batch is fetched with one call per
+    dataset it touches, and its samples come back in the order asked."""
+
+    @staticmethod
+    def cumsum(sequence):
+        out, total = [], 0
+        for d in sequence:
+            total += len(d)
+            out.append(total)
+        return out
+
+    def __init__(self, datasets):
+        self.datasets = list(datasets)
+        if not self.datasets:
+            raise ValueError("datasets should not be an empty iterable")
+        self.cumulative_sizes = self.cumsum(self.datasets)
+
+    def __len__(self):
+        return self.cumulative_sizes[-1]
+
+    def _locate(self, idx):
+        if isinstance(idx, bool) or not isinstance(idx, (int, np.integer)):
+            raise TypeError(f"index must be an int, not {type(idx).__name__}")
+        n = len(self)
+        if idx < 0:
+            idx += n
+        if not 0 <= idx < n:
+            raise IndexError(f"index {idx} out of range for {n} samples")
+        d = bisect.bisect_right(self.cumulative_sizes, idx)
+        return d, idx - (self.cumulative_sizes[d - 1] if d else 0)
+
+    def __getitem__(self, indices):
+        if isinstance(indices, (int, np.integer)) and not isinstance(indices, bool):
+            d, i = self._locate(indices)
+            return _fetch_many(self.datasets[d], [i])[0]
+        if not isinstance(indices, (list, tuple)):
+            raise TypeError(f"indices must be a list of indices (or one int), not {type(indices).__name__}")
+        groups = {}
+        for pos, idx in enumerate(indices):
+            d, i = self._locate(idx)
+            groups.setdefault(d, ([], []))
+            groups[d][0].append(i)
+            groups[d][1].append(pos)
+        out = [None] * len(indices)
+        for d, (local, positions) in sorted(groups.items()):
+            for pos, sample in zip(positions, _fetch_many(self.datasets[d], local)):
+                out[pos] = sample
+        return out

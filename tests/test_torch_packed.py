@@ -1,0 +1,189 @@
+"""Packed batches: PackedBatch, packed_collate, RecordDataset(packed=True)
+through workers (the shared-memory ring) and pin_memory."""
+
+import os
+import pickle
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader as TorchDataLoader
+
+import ffrecord
+import ffrecord.torch as fft
+from ffrecord.torch import PackedBatch, packed_collate
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "torch_scripts"))
+import records  # noqa: E402
+
+N = 300
+
+
+@pytest.fixture(scope="module")
+def path(tmp_path_factory):
+    return records.write_dataset(tmp_path_factory.mktemp("packed") / "data.ffr", N)
+
+
+def check_batch(batch):
+    """Every record of the batch is intact and matches its index; returns the indices."""
+    assert isinstance(batch, PackedBatch)
+    assert batch.data.dtype == torch.uint8 and batch.offsets.dtype == torch.int64
+    got = [records.index_of(batch[k].numpy()) for k in range(len(batch))]
+    assert got == batch.indices.tolist()
+    return got
+
+
+def test_packed_batch_api():
+    data = torch.tensor(list(b"aabbbc"), dtype=torch.uint8)
+    b = PackedBatch(data, np.array([0, 2, 5, 6]), np.array([7, 8, 9]))
+    assert len(b) == 3
+    assert bytes(b[1].numpy()) == b"bbb" and bytes(b[-1].numpy()) == b"c"
+    assert b[0].data_ptr() == data.data_ptr()  # a view, no copy
+    assert [bytes(x.numpy()) for x in b] == [b"aa", b"bbb", b"c"]
+    assert b.lengths().tolist() == [2, 3, 1]
+    assert b.tolist() == [b"aa", b"bbb", b"c"]
+    assert b.to(torch.uint8).tolist() == b.tolist()
+    clone = pickle.loads(pickle.dumps(b))
+    assert clone.tolist() == b.tolist() and clone.indices.tolist() == [7, 8, 9]
+    with pytest.raises(IndexError):
+        b[3]
+    with pytest.raises(TypeError):
+        b["1"]
+    empty = PackedBatch(torch.empty(0, dtype=torch.uint8), np.zeros(1, dtype=np.int64))
+    assert len(empty) == 0 and list(empty) == []
+
+
+def test_packed_batch_rejects_bad_input():
+    data = torch.zeros(4, dtype=torch.uint8)
+    with pytest.raises(TypeError):
+        PackedBatch(torch.zeros(4, dtype=torch.int32), np.array([0, 4]))
+    with pytest.raises(TypeError):
+        PackedBatch(data, [0, 4])  # offsets must be an array/tensor
+    with pytest.raises(ValueError):
+        PackedBatch(data, np.array([0, 3]))  # does not end at len(data)
+    with pytest.raises(ValueError):
+        PackedBatch(data, np.array([1, 4]))
+    with pytest.raises(ValueError):
+        PackedBatch(data, np.array([0, 4]), np.array([1, 2]))
+    with pytest.raises(ValueError):
+        PackedBatch(data, np.zeros(0, dtype=np.int64))
+    with pytest.raises(ValueError, match="decrease"):
+        PackedBatch(data, np.array([0, 3, 1, 4]))[0]
+
+
+def test_packed_collate_from_samples_and_batches():
+    out = packed_collate([b"xy", np.frombuffer(b"", np.uint8), torch.tensor([1, 2, 3], dtype=torch.uint8)])
+    assert out.tolist() == [b"xy", b"", b"\x01\x02\x03"]
+    again = packed_collate(out)
+    assert again is out
+    joined = packed_collate([out, packed_collate([b"z"])])
+    assert joined.tolist() == [b"xy", b"", b"\x01\x02\x03", b"z"]
+    with pytest.raises(TypeError):
+        packed_collate([1, 2])
+    with pytest.raises(TypeError):
+        packed_collate([np.zeros(3, dtype=np.float32)])
+    with pytest.raises(TypeError):
+        packed_collate("abc")
+
+
+def test_packed_dataset_getitems_one_read(path):
+    ds = fft.RecordDataset(path, packed=True)
+    b = ds.__getitems__([5, 1, 5, -1])
+    assert check_batch(b) == [5, 1, 5, N - 1]
+    assert records.index_of(ds[3]) == 3
+    with pytest.raises(ValueError, match="batch_transform"):
+        fft.RecordDataset(path, packed=True, decode="bytes")
+    lens = fft.RecordDataset(path, packed=True, batch_transform=lambda pb: pb.lengths())
+    assert lens.__getitems__([0, 14]).tolist() == [8, 9]
+
+
+@pytest.mark.parametrize("num_workers,context", [(0, None), (2, "fork"), (1, "spawn")])
+def test_packed_through_dataloader(path, num_workers, context):
+    ds = fft.RecordDataset(path, packed=True)
+    loader = fft.DataLoader(ds, batch_size=16, shuffle=True, num_workers=num_workers,
+                            multiprocessing_context=context, seed=0)
+    seen = []
+    for batch in loader:
+        seen.extend(check_batch(batch))
+    assert sorted(seen) == list(range(N))
+
+
+def test_packed_with_plain_torch_dataloader(path):
+    ds = fft.RecordDataset(path, packed=True)
+    loader = TorchDataLoader(ds, batch_size=32, num_workers=2, collate_fn=packed_collate,
+                             multiprocessing_context="fork")
+    assert [i for b in loader for i in check_batch(b)] == list(range(N))
+
+
+def test_held_batches_stay_intact_while_workers_go_on(path):
+    """Keeping every batch alive fills the workers' shared-memory rings; the
+    loader must then send batches another way, never overwrite held ones."""
+    ds = fft.RecordDataset(path, packed=True)
+    loader = fft.DataLoader(ds, batch_size=4, num_workers=2, prefetch_factor=4)
+    held = list(loader)  # 75 batches, far more than the ring slots
+    assert [i for b in held for i in check_batch(b)] == list(range(N))
+    # Ring-backed batches wrap the ring's memory; the others came as torch
+    # shared-memory tensors of their own.
+    ring_backed = sum(not b.data.is_shared() for b in held)
+    assert 0 < ring_backed < len(held)
+
+
+def test_released_batches_recycle_ring_slots(path):
+    ds = fft.RecordDataset(path, packed=True)
+    loader = fft.DataLoader(ds, batch_size=4, num_workers=2)
+    addresses = set()
+    for batch in loader:  # each batch dropped before the next arrives
+        check_batch(batch)
+        assert not batch.data.is_shared()  # it came through a ring slot
+        addresses.add(batch.data.data_ptr())
+    # 75 batches through 2 rings of 8 slots: slots were given back and reused
+    # (a batch that outgrew its worker's slots starts one more ring).
+    assert len(addresses) <= 2 * 2 * 8
+
+
+def test_packed_batch_sent_between_processes_outside_workers(path):
+    # A PackedBatch put on a torch multiprocessing queue by the main process
+    # travels as ordinary tensors.
+    ctx = torch.multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    b = fft.RecordDataset(path, packed=True).__getitems__([2, 3])
+    q.put(b)
+    got = q.get(timeout=30)
+    assert check_batch(got) == [2, 3]
+
+
+def test_pin_memory_dispatches_to_packed_batch(path):
+    ds = fft.RecordDataset(path, packed=True)
+    batch = ds.__getitems__([0, 1])
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    if torch.accelerator.is_available():
+        pinned = pin_memory(batch)
+        assert isinstance(pinned, PackedBatch) and pinned.is_pinned()
+        assert pinned.tolist() == batch.tolist()
+    else:
+        # Without an accelerator torch cannot pin; the batch raises torch's own error.
+        with pytest.raises(RuntimeError) as ours:
+            pin_memory(batch)
+        with pytest.raises(RuntimeError) as plain:
+            torch.zeros(1).pin_memory()
+        assert str(ours.value) == str(plain.value)
+    loader = fft.DataLoader(ds, batch_size=8, num_workers=2, pin_memory=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert sorted(i for b in loader for i in check_batch(b)) == list(range(N))
+
+
+def test_packed_compressed_dataset(tmp_path):
+    p = str(tmp_path / "z.ffr")
+    with ffrecord.FileWriter(p, compression="zstd") as w:
+        for i in range(40):
+            w.write_one(records.record(i) * 20)
+    ds = fft.RecordDataset(p, packed=True)
+    loader = fft.DataLoader(ds, batch_size=8, num_workers=2)
+    for batch in loader:
+        for k in range(len(batch)):
+            i = int(batch.indices[k])
+            assert bytes(batch[k].numpy()) == records.record(i) * 20
