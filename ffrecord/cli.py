@@ -1,0 +1,263 @@
+"""The ``ffrecord`` command: convert, validate, info, cat, pack, unpack.
+
+Exit status: 0 success, 1 the work failed or found bad data (the message says
+why), 2 a usage error (bad arguments, a missing path, an unknown kind). Errors
+a user can cause are reported on one line, without a traceback. Progress
+bars go to stderr when it is a terminal; ``--quiet`` turns them and the
+summaries off. See docs/TOOLS.md for every subcommand.
+"""
+
+import argparse
+import json
+import sys
+
+from . import FFRecordError, __version__
+from .tools.errors import ToolError, UsageError
+from .tools.sizes import format_size, parse_size
+from .tools.sources import KINDS
+
+
+def main(argv=None):
+    """Runs the command line ``argv`` (default: sys.argv[1:]); returns the exit status."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or argparse's own usage error (status 2)
+        return e.code if isinstance(e.code, int) else 2
+    if not getattr(args, "command", None):
+        parser.print_usage(sys.stderr)
+        print("ffrecord: error: choose a command", file=sys.stderr)
+        return 2
+    try:
+        return args.run(args) or 0
+    except UsageError as e:
+        return _fail(args.command, e, 2)
+    except (ToolError, FFRecordError) as e:
+        return _fail(args.command, e, 1)
+    except OSError as e:
+        return _fail(args.command, _os_message(e), 1)
+    except KeyboardInterrupt:
+        print(f"ffrecord {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _fail(command, message, status):
+    print(f"ffrecord {command}: error: {message}", file=sys.stderr)
+    return status
+
+
+def _os_message(e):
+    text = e.strerror or str(e)
+    if e.filename and str(e.filename) not in text:
+        text = f"{e.filename}: {text}"
+    return text
+
+
+# ---- subcommands ---------------------------------------------------------------
+def _convert(args):
+    from .tools import convert, progress
+
+    if args.finalize:
+        if len(args.paths) not in (1, 2):
+            raise UsageError("--finalize takes DST (or SRC DST)")
+        doc = convert.finalize(args.paths[-1])
+        if not args.quiet:
+            print(f"wrote {args.paths[-1].rstrip('/')}/index.json: {len(doc['shards'])} shards, "
+                  f"{doc['records']} records, {format_size(doc['bytes'])}")
+        return 0
+    if len(args.paths) != 2:
+        raise UsageError("convert takes SRC DST")
+    shard_size = parse_size(args.shard_size) if args.shard_size is not None else None
+    result = convert.convert(
+        args.paths[0], args.paths[1], args.kind, shard_size=shard_size,
+        records_per_shard=args.records_per_shard, compression=args.compression,
+        zstd_dict=args.zstd_dict, zstd_dict_file=args.zstd_dict_file, workers=args.workers,
+        rank=args.rank, world_size=args.world_size, show_progress=progress.wanted(args.quiet),
+    )
+    if not args.quiet:
+        rate = result.bytes / result.seconds / 1e6 if result.seconds > 0 else 0.0
+        line = (f"{result.dst}: wrote {len(result.written)} shard(s)"
+                + (f", {len(result.skipped)} already complete" if result.skipped else "")
+                + f"; {result.records} records, {format_size(result.bytes)} in {result.seconds:.1f} s"
+                + f" ({rate:.1f} MB/s)")
+        print(line)
+        if result.manifest_written:
+            print(f"{result.dst}: index.json lists all {result.shards} shard(s)")
+        else:
+            print(f"{result.dst}: {len(result.missing)} of {result.shards} shard(s) belong to other ranks and are "
+                  "not done yet; the last rank to finish writes index.json (or run `ffrecord convert --finalize DST`)")
+    return 0
+
+
+def _validate(args):
+    from .tools import progress, validate
+
+    result = validate.validate(
+        args.paths, workers=args.workers, rank=args.rank, world_size=args.world_size,
+        quarantine=args.quarantine, shard_crc=not args.no_shard_crc,
+        show_progress=progress.wanted(args.quiet),
+    )
+    for p in result.problems:
+        print(f"BAD {p.describe()}")
+    if not args.quiet:
+        rate = result.bytes / result.seconds / 1e6 if result.seconds > 0 else 0.0
+        verdict = "all sound" if result.ok else f"{len(result.problems)} problem(s)"
+        print(f"checked {result.files} file(s), {result.records} records, {format_size(result.bytes)} "
+              f"in {result.seconds:.1f} s ({rate:.0f} MB/s): {verdict}")
+        for q in result.quarantine_files:
+            print(f"updated {q}")
+        whole = [p for p in result.problems if p.index is None]
+        if args.quarantine and whole:
+            print(f"note: {len(whole)} file-level problem(s) cannot be skipped record by record; "
+                  "restore or reconvert those files")
+    return 0 if result.ok else 1
+
+
+def _info(args):
+    from .tools import info
+
+    if args.path is None:
+        if not args.engine:
+            raise UsageError("info takes PATH (or --engine alone to show the I/O engine)")
+        d = info.probe_engine()
+    else:
+        d = info.describe(args.path, engine=args.engine)
+    if args.json:
+        print(json.dumps(d, indent=1, sort_keys=True, default=str))
+    else:
+        for w in d.get("warnings", []):
+            print(f"warning: {w}", file=sys.stderr)
+        print(info.format_text(d))
+    return 0
+
+
+def _cat(args):
+    from .tools import packing
+
+    by_key = True if args.key else (False if args.index else None)
+    data = packing.cat(args.path, args.which, by_key=by_key)
+    try:
+        sys.stdout.buffer.write(memoryview(data))
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        # The reader (e.g. `head`) went away; that is not an error of ours.
+        sys.stdout = None
+    return 0
+
+
+def _pack(args):
+    from .tools import packing, progress
+
+    n = packing.pack(args.folder, args.out, verbose=progress.wanted(args.quiet))
+    if not args.quiet:
+        print(f"packed {n} file(s) into {args.out}")
+    return 0
+
+
+def _unpack(args):
+    from .tools import packing
+
+    n = packing.unpack(args.file, args.out_dir, overwrite=args.overwrite)
+    if not args.quiet:
+        print(f"unpacked {n} file(s) into {args.out_dir}")
+    return 0
+
+
+# ---- arguments -----------------------------------------------------------------
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _add_rank_options(p):
+    p.add_argument("--rank", type=_non_negative_int, default=None,
+                   help="this process's rank (default: $RANK or $SLURM_PROCID, else 0)")
+    p.add_argument("--world-size", type=_positive_int, default=None,
+                   help="number of ranks (default: $WORLD_SIZE or $SLURM_NTASKS, else 1)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="ffrecord", description="Convert, validate and inspect ffrecord datasets.")
+    parser.add_argument("--version", action="version", version=f"ffrecord {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("convert", help="convert a source into a directory of shards plus index.json",
+                       description="Convert SRC into the dataset directory DST (shards + index.json).")
+    p.add_argument("paths", nargs="+", metavar="SRC DST", help="source and output directory")
+    p.add_argument("--from", dest="kind", choices=KINDS, default=None,
+                   help="source kind (default: guessed from SRC)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--shard-size", default=None, help="shard size in source bytes, e.g. 1GiB (default)")
+    size.add_argument("--records-per-shard", type=_positive_int, default=None, help="records per shard")
+    p.add_argument("--compression", default=None, help="zstd or zstd:LEVEL (default: none)")
+    d = p.add_mutually_exclusive_group()
+    d.add_argument("--zstd-dict", action="store_true", help="train a zstd dictionary on a sample of records")
+    d.add_argument("--zstd-dict-file", default=None, help="compress with this zstd dictionary")
+    p.add_argument("--finalize", action="store_true",
+                   help="only write DST/index.json from the finished shards (after all ranks ran)")
+    _add_rank_options(p)
+    p.set_defaults(run=_convert)
+
+    p = sub.add_parser("validate", help="check headers, indexes, record checksums and manifests",
+                       description="Check files and dataset directories. Exit 0: all sound; 1: problems found "
+                                   "(listed on stdout); 2: usage error.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help=".ffr files or dataset directories")
+    p.add_argument("--quarantine", action="store_true",
+                   help="record bad records in the dataset's quarantine.json so readers skip them")
+    p.add_argument("--no-shard-crc", action="store_true",
+                   help="skip the whole-file CRC32C check against index.json (records are still checked)")
+    _add_rank_options(p)
+    p.set_defaults(run=_validate)
+
+    p = sub.add_parser("info", help="describe a file or dataset",
+                       description="Version, records, bytes, codec and compression ratio, keys, metadata, "
+                                   "record size distribution.")
+    p.add_argument("path", nargs="?", metavar="PATH", help="a .ffr file or dataset directory")
+    p.add_argument("--engine", action="store_true", help="also show the I/O engine and why io_uring is not used")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_info)
+
+    p = sub.add_parser("cat", help="write one record's bytes to stdout",
+                       description="Write record INDEX (a number) or KEY of PATH to stdout.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("which", metavar="INDEX|KEY")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--key", action="store_true", help="treat the argument as a key even if it is a number")
+    g.add_argument("--index", action="store_true", help="treat the argument as an index")
+    p.set_defaults(run=_cat)
+
+    p = sub.add_parser("pack", help="pack a folder into one .ffr file")
+    p.add_argument("folder", metavar="DIR")
+    p.add_argument("out", metavar="OUT.ffr")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(run=_pack)
+
+    p = sub.add_parser("unpack", help="write the files of a packed folder into a directory")
+    p.add_argument("file", metavar="PACKED.ffr")
+    p.add_argument("out_dir", metavar="DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(run=_unpack)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""The machinery behind the ``ffrecord`` command (``ffrecord/cli.py``).
+
+Each subcommand has a module with a plain Python function that does the work
+and returns a result object, so the same operations can be scripted without
+the command line:
+
+- ``convert``: turn a source (folder, image folder, tar/webdataset, LMDB,
+  jsonl, npy, record files) into a directory of shards plus ``index.json``;
+  the source readers live in ``ffrecord.tools.sources``.
+- ``validate``: check every header, index, record checksum and manifest entry;
+  optionally record bad records in ``quarantine.json``.
+- ``info``: describe a file or dataset.
+- ``packing``: ``pack`` / ``unpack`` a folder; ``cat``: one record's bytes.
+- ``records``: the record layouts that ``convert`` writes for image folders
+  (image bytes + label) and tar samples (several named parts per record),
+  with their decoders.
+"""

@@ -1,0 +1,326 @@
+"""``ffrecord convert``: a source in another format -> a directory of shards plus ``index.json``.
+
+The lifecycle of one rank (every rank runs the same steps on its own):
+
+1. Scan the source (deterministic order) and plan the shards: contiguous
+   ranges of items sized by ``shard_size`` source bytes or ``records_per_shard``.
+2. Claim the plan in ``DST/.ffrecord-convert/plan.json``; a directory holding
+   a different conversion is refused.
+3. For each shard this rank owns (shard ``i`` belongs to rank ``i % world``):
+   skip it if the file exists, opens, and carries this plan's fingerprint and
+   the expected record count; otherwise write it with ``FileWriter`` (a
+   temporary file, fsynced and renamed on close, so a killed conversion leaves
+   no partial shard under a final name) and record its size and CRC32C.
+4. If every shard of the plan is now recorded, write ``index.json``
+   atomically. Ranks that finish earlier leave it to the last one;
+   ``finalize(DST)`` writes it from the records alone.
+
+Rerunning the same command after a crash redoes only the missing shards and
+ends with the same bytes as an uninterrupted run.
+"""
+
+import glob
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .. import FFRecordError, FileReader, FileWriter
+from ..codec import parse_compression, train_dictionary
+from . import distributed, manifest, plan, pool, progress
+from .convert_state import STATE_DIR, ConvertState
+from .errors import ToolError, UsageError
+from .sources import detect_kind, open_source
+from .sources.ffr import CONVERT_KEY
+
+DEFAULT_SHARD_SIZE = 1 << 30
+DICT_SAMPLES = 2000
+MAX_DICT_SIZE = 112640
+
+
+@dataclass
+class ConvertResult:
+    dst: str
+    shards: int  # in the whole plan
+    written: list = field(default_factory=list)  # shard names this rank wrote
+    skipped: list = field(default_factory=list)  # this rank's shards found complete
+    records: int = 0  # in this rank's shards
+    bytes: int = 0
+    manifest_written: bool = False
+    missing: list = field(default_factory=list)  # shards still missing (other ranks)
+    seconds: float = 0.0
+
+
+@dataclass
+class ShardJob:
+    dst: str
+    index: int
+    name: str
+    first: int
+    count: int
+    source: object
+    locator: object
+    has_keys: bool
+    compression: Optional[str]
+    dictionary: Optional[bytes]
+    metadata: dict
+    fingerprint: str
+    kind: str
+
+
+def convert(src, dst, kind=None, *, shard_size=None, records_per_shard=None, compression=None,
+            zstd_dict=False, zstd_dict_file=None, workers=1, rank=None, world_size=None, show_progress=False):
+    """Converts ``src`` into the dataset directory ``dst``; returns a ConvertResult.
+
+    ``kind`` is a source kind (``ffrecord.tools.sources.KINDS``) or None to
+    guess. ``shard_size`` (bytes of source data) and ``records_per_shard`` are
+    exclusive; the default is 1 GiB shards. ``compression`` is None or
+    ``'zstd[:level]'``; ``zstd_dict`` trains a dictionary on a sample of
+    records, ``zstd_dict_file`` uses a dictionary from a file. ``rank`` and
+    ``world_size`` default to the environment (see ``distributed``)."""
+    started = time.monotonic()
+    rank, world = distributed.rank_and_world(rank, world_size)
+    options = _options(shard_size, records_per_shard, compression, zstd_dict, zstd_dict_file, workers)
+    src_path, dst = os.fspath(src), os.path.abspath(os.fspath(dst))
+    if kind is None:
+        kind = detect_kind(src_path)
+    _check_dst(dst, src_path)
+    exclude = dst if _inside(dst, os.path.abspath(src_path)) else None
+    source = open_source(kind, src_path, exclude=exclude)
+
+    inventory = source.scan(need_sizes=options["records_per_shard"] is None)
+    if options["records_per_shard"] is not None:
+        bounds = plan.by_records(inventory.count, options["records_per_shard"])
+    else:
+        bounds = plan.by_size(inventory.sizes, options["shard_size"])
+    n_shards = len(bounds) - 1
+    names = [plan.shard_name(i, n_shards) for i in range(n_shards)]
+    shaping = {k: options[k] for k in ("compression", "zstd_dict", "shard_size", "records_per_shard")}
+    fingerprint = plan.fingerprint(source.kind, inventory.count, bounds, shaping)
+
+    state = ConvertState(dst)
+    os.makedirs(dst, exist_ok=True)
+    state.claim_plan({
+        "fingerprint": fingerprint,
+        "kind": source.kind,
+        "source": {"kind": source.kind, "path": source.path, "items": inventory.count, **inventory.details},
+        "options": shaping,
+        "metadata": inventory.metadata,
+        "keys": inventory.has_keys,
+        "count": inventory.count,
+        "shards": n_shards,
+        "bounds": bounds,
+    })
+    dictionary = _dictionary(state, source, inventory, options, bounds) if options["compression"] else None
+
+    mine = distributed.owned(range(n_shards), rank, world)
+    jobs = [
+        ShardJob(dst=dst, index=i, name=names[i], first=bounds[i], count=bounds[i + 1] - bounds[i],
+                 source=source, locator=source.locate(bounds[i], bounds[i + 1]), has_keys=inventory.has_keys,
+                 compression=options["compression"], dictionary=dictionary, metadata=inventory.metadata,
+                 fingerprint=fingerprint, kind=source.kind)
+        for i in mine
+    ]
+    result = ConvertResult(dst=dst, shards=n_shards)
+    total = sum(j.count for j in jobs)
+    desc = f"convert {os.path.basename(src_path.rstrip('/')) or src_path}"
+    if world > 1:
+        desc += f" [rank {rank}/{world}]"
+    with progress.bar(total, desc, enabled=show_progress) as bar:
+        for k, (record, wrote) in pool.run(write_shard, jobs, options["workers"],
+                                           lambda r, b: bar.update(r)):
+            (result.written if wrote else result.skipped).append(jobs[k].name)
+            result.records += record["records"]
+            result.bytes += record["bytes"]
+            if not wrote:
+                bar.update(record["records"])
+    result.written.sort()
+    result.skipped.sort()
+    result.manifest_written, result.missing = _finish(state, names, fingerprint)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def finalize(dst):
+    """Writes ``dst/index.json`` from the finished-shard records of a conversion.
+    Raises ToolError naming the shards that are still missing."""
+    dst = os.path.abspath(os.fspath(dst))
+    state = ConvertState(dst)
+    doc = state.load_plan() if os.path.isdir(dst) else None
+    if doc is None:
+        raise UsageError(f"{dst}: no conversion here to finalize (no {STATE_DIR}/plan.json)")
+    names = [plan.shard_name(i, doc["shards"]) for i in range(doc["shards"])]
+    written, missing = _finish(state, names, doc["fingerprint"])
+    if not written:
+        raise ToolError(
+            f"{dst}: {len(missing)} of {len(names)} shards are missing (first: {missing[0]}); "
+            "run the conversion for the ranks that own them"
+        )
+    return manifest.load(dst)
+
+
+def write_shard(job, report):
+    """Writes (or recognises as done) one shard; returns (shard record, wrote)."""
+    state = ConvertState(job.dst)
+    done = _existing_shard(job, state)
+    if done is not None:
+        return done, False
+    path = os.path.join(job.dst, job.name)
+    _remove_stale_temporaries(job.dst, job.name)
+    convert_meta = {"fingerprint": job.fingerprint, "shard": job.index, "first": job.first,
+                    "source": job.kind, "tool": manifest.tool_version()}
+    metadata = dict(job.metadata, **{CONVERT_KEY: convert_meta})
+    raw = 0
+    with FileWriter(path, job.count, compression=job.compression, zstd_dict=job.dictionary,
+                    metadata=metadata) as w:
+        for data, key in job.source.read(job.locator):
+            if w.count == job.count:
+                raise ToolError(f"{job.name}: the source yields more records than the scan found (did it change?)")
+            w.write_one(data, key if job.has_keys else None)
+            size = memoryview(data).nbytes
+            raw += size
+            report(1, size)
+        if w.count != job.count:
+            raise ToolError(
+                f"{job.name}: the source yielded {w.count} records where the scan found {job.count} (did it change?)"
+            )
+        convert_meta["raw_bytes"] = raw
+        w.set_metadata(metadata)
+    size, crc = manifest.file_crc32c(path)
+    record = {"path": job.name, "records": job.count, "first": job.first, "bytes": size,
+              "raw_bytes": raw, "crc32c": crc, "fingerprint": job.fingerprint}
+    state.save_shard(record)
+    return record, True
+
+
+# ---- internals ---------------------------------------------------------------
+def _options(shard_size, records_per_shard, compression, zstd_dict, zstd_dict_file, workers):
+    if shard_size is not None and records_per_shard is not None:
+        raise UsageError("give --shard-size or --records-per-shard, not both")
+    for value, name in ((shard_size, "shard size"), (records_per_shard, "records per shard")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"{name} must be a positive integer, got {value!r}")
+    if records_per_shard is None and shard_size is None:
+        shard_size = DEFAULT_SHARD_SIZE
+    try:
+        codec, level = parse_compression(compression)
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    if (zstd_dict or zstd_dict_file) and codec is None:
+        raise UsageError("--zstd-dict needs --compression zstd[:level]")
+    if zstd_dict and zstd_dict_file:
+        raise UsageError("give --zstd-dict or --zstd-dict-file, not both")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UsageError(f"workers must be a positive integer, got {workers!r}")
+    dict_option = None
+    if zstd_dict_file:
+        try:
+            with open(zstd_dict_file, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise UsageError(f"{zstd_dict_file}: cannot read the dictionary: {e.strerror}") from None
+        if not data:
+            raise UsageError(f"{zstd_dict_file}: the dictionary file is empty")
+        dict_option = {"file": os.path.abspath(zstd_dict_file), "size": len(data)}
+    elif zstd_dict:
+        dict_option = {"trained": True}
+    return {
+        "shard_size": shard_size,
+        "records_per_shard": records_per_shard,
+        "compression": None if codec is None else f"{codec}:{level}",
+        "zstd_dict": dict_option,
+        "workers": workers,
+    }
+
+
+def _inside(path, root):
+    return os.path.commonpath([path, root]) == root
+
+
+def _check_dst(dst, src):
+    if os.path.exists(dst) and not os.path.isdir(dst):
+        raise UsageError(f"{dst}: exists and is not a directory (DST is the output directory)")
+    if os.path.abspath(src) == dst:
+        raise UsageError("SRC and DST are the same path")
+    if os.path.isdir(dst) and not os.path.exists(os.path.join(dst, STATE_DIR)):
+        visible = [n for n in os.listdir(dst) if not n.startswith(".")]
+        if visible:
+            raise UsageError(
+                f"{dst}: not empty and holds no conversion to resume ({visible[0]}, ...); choose an empty directory"
+            )
+
+
+def _dictionary(state, source, inventory, options, bounds):
+    choice = options["zstd_dict"]
+    if choice is None:
+        return None
+    if "file" in choice:
+        with open(choice["file"], "rb") as f:
+            return f.read()
+    existing = state.load_dictionary()
+    if existing is not None:
+        return existing
+    n = inventory.count
+    picks = sorted({(k * n) // min(n, DICT_SAMPLES) for k in range(min(n, DICT_SAMPLES))}) if n else []
+    samples = [bytes(memoryview(d)) for i in picks for d, _ in source.read(source.locate(i, i + 1))]
+    total = sum(len(s) for s in samples)
+    size = max(1024, min(MAX_DICT_SIZE, total // 10))
+    try:
+        trained = train_dictionary(samples, size=size)
+    except Exception as e:  # zstd's trainer raises its own error type
+        raise ToolError(
+            f"cannot train a zstd dictionary on {len(samples)} sampled records ({total} bytes): {e}; "
+            "convert without --zstd-dict"
+        ) from None
+    return state.store_dictionary(trained)
+
+
+def _existing_shard(job, state):
+    """The shard's record if its file is complete and belongs to this plan, else None."""
+    path = os.path.join(job.dst, job.name)
+    if not os.path.exists(path):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with FileReader(path, check_data=False) as r:
+                info = r.file_info(0)
+    except (FFRecordError, OSError, ValueError):
+        return None  # damaged or foreign: written again
+    meta = info["metadata"].get(CONVERT_KEY, {}) if isinstance(info["metadata"], dict) else {}
+    if info["records"] != job.count or meta.get("fingerprint") != job.fingerprint or meta.get("shard") != job.index:
+        return None
+    record = state.load_shard(job.name)
+    size = os.path.getsize(path)
+    if record is not None and record.get("fingerprint") == job.fingerprint and record.get("bytes") == size:
+        return record
+    # Finished but not recorded (stopped between the rename and the record): record it now.
+    size, crc = manifest.file_crc32c(path)
+    record = {"path": job.name, "records": job.count, "first": job.first, "bytes": size,
+              "raw_bytes": meta.get("raw_bytes"), "crc32c": crc, "fingerprint": job.fingerprint}
+    state.save_shard(record)
+    return record
+
+
+def _remove_stale_temporaries(dst, name):
+    # FileWriter's temporaries are '.<name>.<pid>.<random>.tmp'; a shard has a single
+    # owner, so any left over belongs to a run of that owner that was killed.
+    for tmp in glob.glob(os.path.join(glob.escape(dst), f".{glob.escape(name)}.*.tmp")):
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _finish(state, names, fingerprint):
+    """Writes index.json when every shard is recorded; returns (written, missing names)."""
+    records, missing = state.finished(names, fingerprint)
+    if missing:
+        return False, missing
+    doc = state.load_plan()
+    manifest.write(state.dst, manifest.build(
+        records, source=doc["source"], options=doc["options"], metadata=doc.get("metadata", {}),
+        keys=doc.get("keys", False), fingerprint=fingerprint,
+    ))
+    return True, []

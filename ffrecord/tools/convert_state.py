@@ -1,0 +1,125 @@
+"""The on-disk state that lets many ranks convert into one directory and resume.
+
+It lives in ``DST/.ffrecord-convert/`` and is shared by every rank through the
+filesystem:
+
+- ``plan.json``: the plan (kind, shard boundaries, options, fingerprint). The
+  first rank to arrive writes it; a later rank or a rerun with a different
+  plan is refused, so shards of two conversions never mix.
+- ``shards/<shard name>.json``: written by the rank that finished the shard,
+  after the shard file was renamed into place: records, bytes, CRC32C of the
+  file. The manifest is built from these records, so finishing it never
+  re-reads the shards.
+- ``zstd.dict``: the trained dictionary, created once (exclusively) so every
+  rank, and every rerun, compresses with the same one.
+"""
+
+import os
+import uuid
+
+from ..dataset_paths import load_json
+from .errors import UsageError
+from .manifest import fsync_dir, write_json_atomic
+
+STATE_DIR = ".ffrecord-convert"
+
+
+class ConvertState:
+    def __init__(self, dst):
+        self.dst = dst
+        self.root = os.path.join(dst, STATE_DIR)
+        self.shards_dir = os.path.join(self.root, "shards")
+
+    def exists(self):
+        return os.path.exists(os.path.join(self.root, "plan.json"))
+
+    def prepare(self):
+        os.makedirs(self.shards_dir, exist_ok=True)
+
+    # ---- plan -------------------------------------------------------------
+    def load_plan(self):
+        path = os.path.join(self.root, "plan.json")
+        if not os.path.exists(path):
+            return None
+        return load_json(path)
+
+    def claim_plan(self, plan):
+        """Stores ``plan`` unless one is there; refuses a different one."""
+        self.prepare()
+        path = os.path.join(self.root, "plan.json")
+        if not os.path.exists(path):
+            _create_exclusive(path, plan)
+        current = load_json(path)
+        if current.get("fingerprint") != plan["fingerprint"]:
+            raise UsageError(
+                f"{self.dst}: holds (part of) another conversion "
+                f"({current.get('kind')} source, {current.get('shards')} shards, options {current.get('options')}); "
+                "convert into an empty directory, or rerun with the same source and options to resume"
+            )
+        return current
+
+    # ---- finished shards --------------------------------------------------
+    def _record_path(self, name):
+        return os.path.join(self.shards_dir, name + ".json")
+
+    def load_shard(self, name):
+        path = self._record_path(name)
+        if not os.path.exists(path):
+            return None
+        try:
+            return load_json(path)
+        except (OSError, ValueError):
+            return None  # a damaged record: the shard is checked again
+
+    def save_shard(self, record):
+        write_json_atomic(self._record_path(record["path"]), record)
+
+    def finished(self, names, fingerprint):
+        """(records in order, names missing) for the shards ``names``."""
+        records, missing = [], []
+        for name in names:
+            rec = self.load_shard(name)
+            path = os.path.join(self.dst, name)
+            if (rec is None or rec.get("fingerprint") != fingerprint or not os.path.exists(path)
+                    or os.path.getsize(path) != rec.get("bytes")):
+                missing.append(name)
+            else:
+                records.append(rec)
+        return records, missing
+
+    # ---- dictionary -------------------------------------------------------
+    def load_dictionary(self):
+        path = os.path.join(self.root, "zstd.dict")
+        if not os.path.exists(path):
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    def store_dictionary(self, data):
+        """Stores ``data`` unless another rank was first; returns the stored one."""
+        self.prepare()
+        path = os.path.join(self.root, "zstd.dict")
+        tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails if it exists: the first dictionary wins
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+        fsync_dir(self.root)
+        return self.load_dictionary()
+
+
+def _create_exclusive(path, doc):
+    tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
+    write_json_atomic(tmp, doc)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)

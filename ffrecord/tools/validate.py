@@ -1,0 +1,284 @@
+"""``ffrecord validate``: prove that record files and datasets are intact.
+
+For every file: the header, footer and index are checked when it is opened;
+then every record is read with checksum verification (and decompressed, so a
+record that passes its CRC but does not decode is caught too). For a dataset
+directory with ``index.json``, every listed shard must exist with the listed
+record count, size and whole-file CRC32C.
+
+Work is split by file across ranks (file ``k`` belongs to rank
+``k % world``), and within a rank by record ranges across worker processes.
+The result lists every problem found: a file that cannot be used at all
+(``index`` None) or a single bad record (with its index and key).
+
+``quarantine=True`` records the bad records of the files this rank checked in
+their dataset directory's ``quarantine.json`` (``ffrecord.dataset_paths``
+documents the schema; readers of the directory then skip those records). The
+file is updated under a lock, replacing earlier entries of the files checked
+now and keeping the others, so ranks and reruns can share it.
+"""
+
+import fcntl
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from .. import FFRecordError, FileReader
+from ..dataset_paths import MANIFEST_NAME, QUARANTINE_NAME, load_json, resolve
+from . import distributed, manifest, pool, progress
+from .errors import UsageError
+
+CHUNK_BYTES = 256 << 20
+BATCH_RECORDS = 512
+BATCH_BYTES = 16 << 20
+
+
+@dataclass
+class Problem:
+    path: str
+    error: str
+    index: Optional[int] = None  # None: the file as a whole
+    key: Optional[str] = None
+
+    def describe(self):
+        where = self.path if self.index is None else f"{self.path}: record {self.index}"
+        if self.key:
+            where += f" (key {self.key!r})"
+        return f"{where}: {self.error}"
+
+
+@dataclass
+class ValidateResult:
+    files: int = 0  # files this rank checked
+    records: int = 0
+    bytes: int = 0
+    problems: list = field(default_factory=list)
+    quarantine_files: list = field(default_factory=list)  # quarantine.json files written
+    seconds: float = 0.0
+
+    @property
+    def ok(self):
+        return not self.problems
+
+
+@dataclass
+class _Target:
+    path: str
+    dataset_dir: str  # where a quarantine.json for this file goes
+    entry: Optional[dict] = None  # its index.json entry
+
+
+def validate(paths, *, workers=1, rank=None, world_size=None, quarantine=False, shard_crc=True,
+             show_progress=False):
+    """Checks ``paths`` (files and dataset directories); returns a ValidateResult."""
+    started = time.monotonic()
+    rank, world = distributed.rank_and_world(rank, world_size)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UsageError(f"workers must be a positive integer, got {workers!r}")
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if not paths:
+        raise UsageError("nothing to validate: give one or more files or dataset directories")
+    result = ValidateResult()
+    targets = []
+    for p in paths:
+        targets += _expand(os.fspath(p), result.problems)
+    mine = distributed.owned(targets, rank, world)
+
+    jobs = []
+    for t in mine:
+        jobs += _plan_file(t, result, shard_crc, workers)
+    total = sum(j[3] for j in jobs)
+    with progress.bar(total, "validate", unit="B", enabled=show_progress) as bar:
+        for _, (problems, records, nbytes) in pool.run(check_job, jobs, workers, lambda r, b: bar.update(b)):
+            result.problems += problems
+            result.records += records
+            result.bytes += nbytes
+    result.files = len(mine)
+    order = {t.path: k for k, t in enumerate(targets)}
+    result.problems.sort(key=lambda p: (order.get(p.path, -1), -1 if p.index is None else p.index, p.error))
+    if quarantine:
+        result.quarantine_files = _write_quarantine(mine, result.problems)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def check_job(job, report):
+    """One unit of work: ('records', path, (start, end), bytes) or ('crc', path, expected, bytes)."""
+    kind, path, arg, _ = job
+    if kind == "crc":
+        try:
+            size, crc = manifest.file_crc32c(path)
+        except OSError as e:
+            return [Problem(path, f"cannot read: {e.strerror}")], 0, 0
+        report(0, size)
+        if crc != arg:
+            return [Problem(path, f"file CRC32C {crc} differs from {arg} in {MANIFEST_NAME}")], 0, 0
+        return [], 0, 0
+    start, end = arg
+    problems, nbytes = [], 0
+    with _open(path) as r:
+        has_keys = r.file_info(0)["has_keys"]
+        lengths = r.lengths(np.arange(start, end))
+        batches = _batches(start, end, lengths)
+        pos = 0
+        while pos < len(batches):
+            try:
+                for _ in r.prefetch(batches[pos:], depth=4):
+                    size = int(lengths[batches[pos].start - start:batches[pos].stop - start].sum())
+                    nbytes += size
+                    report(len(batches[pos]), size)
+                    pos += 1
+            except (FFRecordError, OSError):
+                for i in batches[pos]:
+                    try:
+                        r.read_one(i)
+                    except (FFRecordError, OSError) as e:
+                        problems.append(Problem(path, _reason(e, path), i, r.key(i) if has_keys else None))
+                size = int(lengths[batches[pos].start - start:batches[pos].stop - start].sum())
+                nbytes += size
+                report(len(batches[pos]), size)
+                pos += 1
+    return problems, end - start, nbytes
+
+
+# ---- internals ---------------------------------------------------------------
+def _open(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return FileReader(path, check_data=True)
+
+
+def _reason(exc, path):
+    if isinstance(exc, OSError) and exc.strerror:
+        msg = exc.strerror
+    else:
+        msg = str(exc)
+    prefix = f"{path}: "
+    return msg[len(prefix):] if msg.startswith(prefix) else msg
+
+
+def _batches(start, end, lengths):
+    out, i = [], start
+    cum = np.cumsum(lengths)
+    while i < end:
+        base = cum[i - start - 1] if i > start else 0
+        take = int(np.searchsorted(cum, base + BATCH_BYTES, side="right")) - (i - start)
+        take = max(1, min(take, BATCH_RECORDS, end - i))
+        out.append(range(i, i + take))
+        i += take
+    return out
+
+
+def _expand(path, problems):
+    """The files to check for one PATH; manifest problems go to ``problems``."""
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file or directory")
+    if not os.path.isdir(path):
+        return [_Target(path, os.path.dirname(os.path.abspath(path)))]
+    try:
+        ds = resolve(path)
+    except FFRecordError as e:
+        # A broken index.json: report it, and still check the directory's shards.
+        problems.append(Problem(os.path.join(path, MANIFEST_NAME), _reason(e, os.path.join(path, MANIFEST_NAME))))
+        names = sorted(n for n in os.listdir(path) if n.endswith(".ffr") and not n.startswith("."))
+        return [_Target(os.path.join(path, n), path) for n in names]
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    if ds.manifest is None:
+        return [_Target(p, path) for p in ds.paths]
+    entries = ds.manifest["shards"]
+    counted = ds.manifest.get("records")
+    listed = sum(e.get("records", 0) for e in entries if isinstance(e.get("records"), int))
+    if isinstance(counted, int) and counted != listed:
+        problems.append(Problem(os.path.join(path, MANIFEST_NAME),
+                                f"says {counted} records but its shards add up to {listed}"))
+    return [_Target(p, path, e) for p, e in zip(ds.paths, entries)]
+
+
+def _plan_file(t, result, shard_crc, workers):
+    """Jobs for one file, after the checks that need no record reads."""
+    if not os.path.exists(t.path):
+        where = f" (listed in {MANIFEST_NAME})" if t.entry is not None else ""
+        result.problems.append(Problem(t.path, f"missing{where}"))
+        return []
+    try:
+        with _open(t.path) as r:
+            info = r.file_info(0)
+            lengths = r.lengths(np.arange(r.n)) if r.n else np.empty(0, np.uint64)
+    except (FFRecordError, OSError) as e:
+        result.problems.append(Problem(t.path, _reason(e, t.path)))
+        return []
+    n, size = info["records"], info["file_size"]
+    jobs = []
+    if t.entry is not None:
+        want_n, want_size = t.entry.get("records"), t.entry.get("bytes")
+        if want_n is not None and want_n != n:
+            result.problems.append(Problem(t.path, f"holds {n} records; {MANIFEST_NAME} says {want_n}"))
+        if want_size is not None and want_size != size:
+            result.problems.append(Problem(t.path, f"is {size} bytes; {MANIFEST_NAME} says {want_size}"))
+        elif shard_crc and t.entry.get("crc32c"):
+            jobs.append(("crc", t.path, t.entry["crc32c"], size))
+    # Record ranges of about CHUNK_BYTES, and at least one per worker for a big file.
+    data_bytes = int(lengths.sum())
+    pieces = max(1, min(n, max(data_bytes // CHUNK_BYTES, workers if data_bytes > BATCH_BYTES else 1)))
+    edges = np.linspace(0, n, pieces + 1).astype(np.int64)
+    cum = np.concatenate(([0], np.cumsum(lengths, dtype=np.int64)))
+    for a, b in zip(edges[:-1], edges[1:]):
+        if b > a or n == 0:
+            jobs.append(("records", t.path, (int(a), int(b)), int(cum[b] - cum[a])))
+    return jobs
+
+
+def _write_quarantine(targets, problems):
+    """Updates quarantine.json in each dataset directory of ``targets``."""
+    by_dir = {}
+    for t in targets:
+        by_dir.setdefault(t.dataset_dir, set()).add(os.path.basename(t.path))
+    written = []
+    for directory, checked in by_dir.items():
+        mine = [p for p in problems if os.path.basename(p.path) in checked
+                and os.path.dirname(os.path.abspath(p.path)) == os.path.abspath(directory)]
+        path = os.path.join(directory, QUARANTINE_NAME)
+        with _locked(directory):
+            doc = load_json(path) if os.path.exists(path) else None
+            if doc is None and not mine:
+                continue
+            doc = doc if isinstance(doc, dict) else {}
+            records = [e for e in doc.get("records", []) if isinstance(e, dict) and e.get("file") not in checked]
+            files = [e for e in doc.get("files", []) if isinstance(e, dict) and e.get("file") not in checked]
+            for p in mine:
+                entry = {"file": os.path.basename(p.path), "error": p.error}
+                if p.index is None:
+                    files.append(entry)
+                else:
+                    entry["index"] = p.index
+                    if p.key:
+                        entry["key"] = p.key
+                    records.append(entry)
+            records.sort(key=lambda e: (e["file"], e["index"]))
+            files.sort(key=lambda e: e["file"])
+            manifest.write_json_atomic(path, {"version": 1, "tool": manifest.tool_version(),
+                                              "records": records, "files": files})
+        written.append(path)
+    return written
+
+
+class _locked:
+    """An exclusive POSIX lock on DIR/.quarantine.lock (works across nodes on NFS v4 and Lustre)."""
+
+    def __init__(self, directory):
+        self.path = os.path.join(directory, ".quarantine.lock")
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.lockf(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
