@@ -187,3 +187,31 @@ def test_packed_compressed_dataset(tmp_path):
         for k in range(len(batch)):
             i = int(batch.indices[k])
             assert bytes(batch[k].numpy()) == records.record(i) * 20
+
+
+class DiesOnIndex:
+    """batch_transform that kills its worker process when it meets ``index``."""
+
+    def __init__(self, index, parent):
+        self.index, self.parent = index, parent
+
+    def __call__(self, batch):
+        if os.getpid() != self.parent and self.index in batch.indices.tolist():
+            os._exit(3)
+        return batch
+
+
+def test_killed_worker_gives_a_clear_error_and_the_next_epoch_works(path):
+    ds = fft.RecordDataset(path, packed=True, batch_transform=DiesOnIndex(200, os.getpid()))
+    loader = fft.DataLoader(ds, batch_size=10, num_workers=2)
+    got = []
+    with pytest.raises(RuntimeError, match="exited unexpectedly"):
+        for batch in loader:
+            got.extend(check_batch(batch))
+    assert got == list(range(len(got))) and len(got) <= 200
+    state = loader.state_dict()  # what was handed out before the failure
+    assert state["samples"] == len(got)
+    ds.batch_transform = None
+    fresh = fft.DataLoader(ds, batch_size=10, num_workers=2)
+    fresh.load_state_dict(state)
+    assert got + [i for b in fresh for i in check_batch(b)] == list(range(N))
