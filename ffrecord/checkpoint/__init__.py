@@ -15,7 +15,7 @@ Nothing in a checkpoint is executed on load unless the caller passes
 - ``StorageWriter`` / ``StorageReader`` for ``torch.distributed.checkpoint``
 """
 
-from .async_saving import SaveFuture, async_save, release_staging_memory
+from .async_saving import SaveFuture, async_save, release_staging_memory, staging_bytes
 from .encoding import UnsafeCheckpointError
 from .loading import Checkpoint, load
 from .saving import save
@@ -35,6 +35,7 @@ __all__ = [
     "async_save",
     "SaveFuture",
     "release_staging_memory",
+    "staging_bytes",
     "UnsafeCheckpointError",
     "DatasetMismatchWarning",
     "capture_rng_state",

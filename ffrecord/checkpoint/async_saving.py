@@ -24,7 +24,7 @@ from .commit import DirectoryCommit, sync_point
 from .layout import CHUNK_BYTES, PACK_BYTES, PIECE_ALIGN, record_bytes, write_manifest
 from .saving import PayloadWriter, SavePlan
 
-__all__ = ["async_save", "SaveFuture", "release_staging_memory"]
+__all__ = ["async_save", "SaveFuture", "release_staging_memory", "staging_bytes"]
 
 MIN_STAGING_BYTES = 1 << 20
 
@@ -106,6 +106,12 @@ def release_staging_memory():
         if _inflight is not None:
             concurrent.futures.wait([_inflight])
         _arena = None
+
+
+def staging_bytes():
+    """Bytes of host memory held by the kept staging buffer (0 when none)."""
+    arena = _arena
+    return 0 if arena is None else arena.numel()
 
 
 def _staging_buffer(capacity, limit):

@@ -1,0 +1,143 @@
+"""async_save: staged copy, background write, bounded staging, errors through the future."""
+
+import os
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import ffrecord.checkpoint as ck
+from ffrecord.checkpoint import async_saving, commit
+
+
+def make_state(seed=0, n=8):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "layers": [torch.randn(256, 256, generator=g) for _ in range(n)],  # 256 KiB each
+        "t": torch.randn(512, 64, generator=g).t(),  # non-contiguous
+        "small": [torch.randn(k, generator=g) for k in range(1, 50)],
+        "np": np.arange(1000),
+        "step": seed,
+    }
+
+
+def equal_states(a, b):
+    assert a["step"] == b["step"] and np.array_equal(a["np"], b["np"])
+    for x, y in zip(a["layers"] + [a["t"]] + a["small"], b["layers"] + [b["t"]] + b["small"]):
+        assert torch.equal(x, y)
+
+
+def clone(state):
+    out = dict(state)
+    out["layers"] = [t.clone() for t in state["layers"]]
+    out["t"] = state["t"].clone()
+    out["small"] = [t.clone() for t in state["small"]]
+    out["np"] = state["np"].copy()
+    return out
+
+
+def test_async_save_writes_what_was_there_when_it_returned(tmp_path):
+    state = make_state(1)
+    expect = clone(state)
+    fut = ck.async_save(state, tmp_path / "c")
+    # The caller may change its tensors at once: the save has its own copy.
+    for t in state["layers"] + [state["t"]] + state["small"]:
+        t.zero_()
+    state["np"][:] = 0
+    assert fut.result(timeout=120) == os.path.abspath(tmp_path / "c")
+    assert fut.wait() is None and fut.done()
+    equal_states(ck.load(tmp_path / "c"), expect)
+
+
+@pytest.mark.parametrize("cap", [1 << 20, 3 << 20])
+def test_bounded_staging_streams_through_the_cap(tmp_path, cap):
+    async_saving.release_staging_memory()
+    state = make_state(2, n=24)  # about 6.5 MB of tensors, several times the cap
+    expect = clone(state)
+    fut = ck.async_save(state, tmp_path / "c", max_staging_bytes=cap)
+    assert 0 < ck.async_saving.staging_bytes() <= cap
+    for t in state["layers"]:
+        t.fill_(7)  # returned: every byte is staged or already written
+    fut.result(timeout=120)
+    equal_states(ck.load(tmp_path / "c"), expect)
+
+
+def test_staging_buffer_is_reused_for_repeated_shapes(tmp_path):
+    async_saving.release_staging_memory()
+    ck.async_save(make_state(3), tmp_path / "a").result()
+    first = async_saving.staging_bytes()
+    ck.async_save(make_state(4), tmp_path / "b").result()
+    assert async_saving.staging_bytes() == first > 0
+    assert async_saving._arena is not None
+    kept = async_saving._arena.data_ptr()
+    ck.async_save(make_state(5), tmp_path / "c").result()
+    assert async_saving._arena.data_ptr() == kept  # the same memory, not a new allocation
+    ck.release_staging_memory()
+    assert async_saving.staging_bytes() == 0
+
+
+def test_overlapping_async_saves_are_serialised(tmp_path):
+    futures = [ck.async_save(make_state(s), tmp_path / "same") for s in (10, 11, 12)]
+    for f in futures:
+        f.result(timeout=120)
+    equal_states(ck.load(tmp_path / "same"), make_state(12))
+    results = []
+
+    def worker(seed):
+        results.append(ck.async_save(make_state(seed), tmp_path / f"t{seed}"))
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in (20, 21)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for f in results:
+        f.result(timeout=120)
+    for s in (20, 21):
+        equal_states(ck.load(tmp_path / f"t{s}"), make_state(s))
+
+
+@pytest.mark.parametrize("step", ["record-written", "manifest-written", "before-commit"])
+@pytest.mark.parametrize("cap", [None, 1 << 20])
+def test_writer_errors_are_raised_by_the_future(tmp_path, step, cap):
+    ck.save({"v": 1}, tmp_path / "c")
+
+    def fail(name):
+        if name == step:
+            raise OSError(5, "Input/output error (injected)")
+
+    commit._sync_hook = fail
+    try:
+        fut = ck.async_save(make_state(6, n=16), tmp_path / "c", max_staging_bytes=cap)
+        with pytest.raises(OSError, match="injected"):
+            fut.result(timeout=120)
+        with pytest.raises(OSError, match="injected"):
+            fut.wait()
+    finally:
+        commit._sync_hook = None
+    assert ck.load(tmp_path / "c") == {"v": 1}
+    assert [e for e in os.listdir(tmp_path) if e.startswith(".")] == []
+    ck.async_save({"v": 2}, tmp_path / "c").result()  # the next save works
+    assert ck.load(tmp_path / "c") == {"v": 2}
+
+
+def test_errors_about_the_object_or_arguments_are_raised_at_once(tmp_path):
+    with pytest.raises(TypeError, match="trusted=True"):
+        ck.async_save({"x": object()}, tmp_path / "c")
+    with pytest.raises(ValueError, match="at least"):
+        ck.async_save({"x": 1}, tmp_path / "c", max_staging_bytes=1000)
+    with pytest.raises(TypeError):
+        ck.async_save({"x": 1}, tmp_path / "c", max_staging_bytes="1GB")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(FileExistsError):
+        ck.async_save({"x": 1}, tmp_path / "f")
+    assert sorted(os.listdir(tmp_path)) == ["f"]
+
+
+def test_empty_and_tensor_free_states(tmp_path):
+    ck.async_save({}, tmp_path / "a").result()
+    assert ck.load(tmp_path / "a") == {}
+    ck.async_save({"e": torch.empty(0, 5), "s": "x"}, tmp_path / "b", max_staging_bytes=1 << 20).result()
+    out = ck.load(tmp_path / "b")
+    assert out["s"] == "x" and out["e"].shape == (0, 5)
