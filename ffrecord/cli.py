@@ -25,8 +25,8 @@ def main(argv=None):
     except SystemExit as e:  # --help, --version, or argparse's own usage error (status 2)
         return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "command", None):
-        parser.print_usage(sys.stderr)
-        print("ffrecord: error: choose a command", file=sys.stderr)
+        print("ffrecord: error: choose a command: convert, validate, info, cat, pack, unpack "
+              "(see ffrecord --help)", file=sys.stderr)
         return 2
     try:
         return args.run(args) or 0
@@ -42,7 +42,9 @@ def main(argv=None):
 
 
 def _fail(command, message, status):
-    print(f"ffrecord {command}: error: {message}", file=sys.stderr)
+    # One line, whatever the underlying library put in its message.
+    text = "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    print(f"ffrecord {command}: error: {text}", file=sys.stderr)
     return status
 
 
@@ -164,6 +166,13 @@ def _unpack(args):
 
 
 # ---- arguments -----------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (the usage itself is one --help away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _positive_int(text):
     try:
         value = int(text)
@@ -194,10 +203,10 @@ def _add_rank_options(p):
 
 
 def _parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ffrecord", description="Convert, validate and inspect ffrecord datasets.")
     parser.add_argument("--version", action="version", version=f"ffrecord {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("convert", help="convert a source into a directory of shards plus index.json",
                        description="Convert SRC into the dataset directory DST (shards + index.json).")

@@ -43,6 +43,7 @@ class Problem:
     error: str
     index: Optional[int] = None  # None: the file as a whole
     key: Optional[str] = None
+    whole_file_crc: bool = False  # only the file's CRC32C differs from index.json
 
     def describe(self):
         where = self.path if self.index is None else f"{self.path}: record {self.index}"
@@ -99,6 +100,9 @@ def validate(paths, *, workers=1, rank=None, world_size=None, quarantine=False, 
             result.records += records
             result.bytes += nbytes
     result.files = len(mine)
+    # A bad record also changes its file's CRC32C; the record says more, so keep only it.
+    with_bad_records = {p.path for p in result.problems if p.index is not None}
+    result.problems = [p for p in result.problems if not (p.whole_file_crc and p.path in with_bad_records)]
     order = {t.path: k for k, t in enumerate(targets)}
     result.problems.sort(key=lambda p: (order.get(p.path, -1), -1 if p.index is None else p.index, p.error))
     if quarantine:
@@ -117,7 +121,8 @@ def check_job(job, report):
             return [Problem(path, f"cannot read: {e.strerror}")], 0, 0
         report(0, size)
         if crc != arg:
-            return [Problem(path, f"file CRC32C {crc} differs from {arg} in {MANIFEST_NAME}")], 0, 0
+            return [Problem(path, f"file CRC32C {crc} differs from {arg} in {MANIFEST_NAME}",
+                            whole_file_crc=True)], 0, 0
         return [], 0, 0
     start, end = arg
     problems, nbytes = [], 0

@@ -70,7 +70,7 @@ class TarSource(Source):
                         else:
                             samples.append((key, [part]))
             except (tarfile.TarError, EOFError, OSError) as e:
-                raise ToolError(f"{path}: not a readable tar file: {e}") from None
+                raise ToolError(f"{path}: not a readable tar file ({_first_line(e)})") from None
         self._samples = samples
         sizes = None
         if need_sizes:
@@ -111,4 +111,9 @@ def _open_tar(path):
     try:
         return tarfile.open(path, "r:*")
     except (tarfile.TarError, OSError) as e:
-        raise ToolError(f"{path}: not a readable tar file: {e}") from None
+        raise ToolError(f"{path}: not a readable tar file ({_first_line(e)})") from None
+
+
+def _first_line(exc):
+    lines = str(exc).strip().splitlines()
+    return lines[0].rstrip(":") if lines else type(exc).__name__
