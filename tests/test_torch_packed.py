@@ -215,3 +215,75 @@ def test_killed_worker_gives_a_clear_error_and_the_next_epoch_works(path):
     fresh = fft.DataLoader(ds, batch_size=10, num_workers=2)
     fresh.load_state_dict(state)
     assert got + [i for b in fresh for i in check_batch(b)] == list(range(N))
+
+
+# ---- large records: read straight into the workers' shared memory ----------------
+
+def big_record(i):
+    return records.record(i) + bytes([i % 251]) * (20_000 + 997 * i)
+
+
+@pytest.fixture(scope="module")
+def big_path(tmp_path_factory):
+    p = str(tmp_path_factory.mktemp("big") / "big.ffr")
+    with ffrecord.FileWriter(p) as w:
+        for i in range(24):
+            w.write_one(big_record(i))
+    return p
+
+
+def check_big(batch):
+    for k in range(len(batch)):
+        assert bytes(batch[k].numpy()) == big_record(int(batch.indices[k]))
+    return batch.indices.tolist()
+
+
+def test_large_records_go_through_shared_memory(big_path):
+    loader = fft.DataLoader(fft.RecordDataset(big_path, packed=True), batch_size=3, shuffle=True,
+                            num_workers=2, seed=1)
+    seen = []
+    for batch in loader:
+        seen += check_big(batch)
+        assert not batch.data.is_shared()  # a ring slot, not a tensor of its own
+    assert sorted(seen) == list(range(24))
+    held = list(loader)  # all kept: the rings fill up, the rest travels as tensors
+    assert sorted(i for b in held for i in check_big(b)) == list(range(24))
+
+
+def test_unsent_slots_are_given_back_in_the_worker(big_path):
+    # The transform drops the batch read into a slot and returns a copy: each
+    # dropped slot must free itself, or the ring would run dry after 8 batches.
+    def copy_batch(b):
+        return PackedBatch(b.data.clone(), b.offsets, b.indices)
+
+    ds = fft.RecordDataset(big_path, packed=True, batch_transform=copy_batch)
+    loader = fft.DataLoader(ds, batch_size=1, num_workers=1, persistent_workers=True)
+    for _ in range(2):  # 48 batches through one worker's 8 slots
+        for batch in loader:
+            check_big(batch)
+            assert not batch.data.is_shared()
+
+
+def test_derived_views_of_a_slot_stay_valid(big_path):
+    # A transform that keeps only a view of the slot's bytes: the slot must
+    # stay taken until that view is sent and released.
+    def drop_first(b):
+        start = int(b.offsets[1])
+        return PackedBatch(b.data[start:], b.offsets[1:] - start, b.indices[1:])
+
+    ds = fft.RecordDataset(big_path, packed=True, batch_transform=drop_first)
+    loader = fft.DataLoader(ds, batch_size=4, num_workers=2, prefetch_factor=4)
+    seen = [i for b in loader for i in check_big(b)]
+    assert seen == [i for i in range(24) if i % 4]
+
+
+def test_large_compressed_records_fall_back_to_one_block(tmp_path):
+    p = str(tmp_path / "bigz.ffr")
+    rng = np.random.default_rng(0)
+    blobs = [rng.integers(0, 256, 30_000, dtype=np.uint8).tobytes() for _ in range(10)]
+    with ffrecord.FileWriter(p, compression="zstd") as w:
+        for b in blobs:
+            w.write_one(b)
+    loader = fft.DataLoader(fft.RecordDataset(p, packed=True), batch_size=4, num_workers=2)
+    got = {int(i): bytes(b[k].numpy()) for b in loader for k, i in enumerate(b.indices)}
+    assert got == dict(enumerate(blobs))

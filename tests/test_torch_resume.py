@@ -261,3 +261,16 @@ def test_load_state_errors(dataset, tmp_path):
         fft.DataLoader(dataset, batch_size=4, shuffle=True).load_state_dict(seq_state)
     with pytest.raises(ValueError, match="seed"):
         fft.DataLoader(dataset, batch_size=4, shuffle=True, seed=2).load_state_dict(state)
+
+
+def test_iterable_datasets_load_but_do_not_claim_resume():
+    class Counting(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(range(10))
+
+    loader = fft.DataLoader(Counting(), batch_size=3, num_workers=1)
+    assert [b.tolist() for b in loader] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    with pytest.raises(TypeError, match="map-style"):
+        loader.state_dict()
+    with pytest.raises(TypeError, match="map-style"):
+        loader.load_state_dict({})

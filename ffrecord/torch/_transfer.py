@@ -4,22 +4,27 @@ through a shared-memory ring, one small message per batch.
 Why: torch sends each tensor from a worker through a fresh shared-memory
 segment whose file descriptor is passed over a socket; for batches of about
 a megabyte that per-batch cost, not the copying, limits a loader. Here each
-worker process owns one ring: ``SLOTS`` fixed-size slots plus a flag byte per
-slot, in one shared segment that is sent to the training process once. Per
-batch the worker copies the bytes into a free slot and sends only
-``(ring, slot, size)``; the training process wraps the slot in a tensor
-without copying, and a finaliser on that tensor's memory clears the flag when
-the last view of the batch is gone, so a slot is never reused while the
-training loop can still see it.
+worker process owns one ring: up to ``SLOTS`` fixed-size slots plus a flag
+byte per slot, in one shared segment that is sent to the training process
+once. Per batch only ``(ring, slot, offset, size)`` travels; the training
+process wraps the slot in a tensor without copying, and a finaliser on that
+tensor's memory clears the flag when the last view of the batch is gone, so
+a slot is never reused while the training loop can still see it.
 
-Lifetime rules:
-* a slot is taken by the worker (flag 1) only while pickling a batch for the
-  worker's result queue, and given back (flag 0) only by the training process;
-* when no slot is free or a batch does not fit, the batch travels the plain
-  torch way (correct, just slower) — nothing ever waits on the ring;
-* a larger batch makes the worker start a bigger ring; the training process
-  forgets a ring when its worker is gone or replaced it, while the tensors
-  still using it keep its memory alive.
+A batch gets into a slot in one of two ways:
+* ``worker_buffer(n)`` hands the dataset a slot to read into directly (the
+  records land in shared memory with no extra copy); if the batch built on it
+  is never sent, the slot frees itself when its memory is dropped;
+* otherwise ``export`` copies the batch into a free slot while it is pickled.
+
+Rules: a slot is taken (flag 1) only by its worker and given back (flag 0)
+by the training process once sent, or by the worker if never sent. When no
+slot is free or a batch does not fit, the batch travels the plain torch way
+(correct, just slower): nothing ever waits on the ring. A larger batch makes
+the worker start a bigger ring; the training process forgets a ring when its
+worker replaced it or is gone, while tensors still using it keep its memory.
+A worker must not keep a batch after returning it: the slot is reused once
+the training loop lets go of it.
 """
 
 import os
@@ -36,7 +41,7 @@ _HEADER = 64  # flag bytes, one per slot
 _ALIGN = 64 << 10
 
 _worker_ring = None  # the ring of this worker process (worker side)
-_worker_lock = threading.Lock()
+_worker_lock = threading.RLock()  # re-entrant: a finaliser may run while it is held
 _attached = {}  # ring id -> (numpy view of the ring, owner pid)   (training side)
 _attached_lock = threading.Lock()
 
@@ -47,10 +52,23 @@ class _Ring:
         self.slots = max(2, min(SLOTS, MAX_RING_BYTES // slot_bytes))
         self.tensor = torch.empty(_HEADER + self.slots * slot_bytes, dtype=torch.uint8).share_memory_()
         self.array = self.tensor.numpy()
+        self.array[:_HEADER] = 0  # every slot free (fresh shared memory is not zeroed)
+        self.base = self.tensor.data_ptr()
         self.id = (os.getpid(), secrets.token_hex(8))
         self.sent = False
         self.retires = None
         self.next = 0
+        self.held = set()  # slots handed out by worker_buffer and not sent yet
+
+    def slot_of(self, ptr, nbytes):
+        """(slot, offset) when [ptr, ptr + nbytes) lies inside one slot, else None."""
+        rel = ptr - self.base - _HEADER
+        if rel < 0:
+            return None
+        slot, offset = divmod(rel, self.slot_bytes)
+        if slot >= self.slots or offset + nbytes > self.slot_bytes:
+            return None
+        return slot, offset
 
     def take(self):
         """A free slot, flagged as taken, or None."""
@@ -69,31 +87,76 @@ def _slot_size(nbytes):
     return -(-want // _ALIGN) * _ALIGN
 
 
-def export(data):
-    """Worker side: copies ``data`` (a CPU uint8 tensor) into this worker's
-    ring and returns a handle for ``import_``, or None to send it plainly."""
+def _ring_for(nbytes):
+    """This worker's ring, replaced by a bigger one when ``nbytes`` does not fit."""
     global _worker_ring
-    if get_worker_info() is None or data.device.type != "cpu" or not data.is_contiguous():
+    ring = _worker_ring
+    if ring is None or nbytes > ring.slot_bytes:
+        fresh = _Ring(_slot_size(nbytes))
+        fresh.retires = ring.id if ring is not None else None
+        ring = _worker_ring = fresh
+    return ring
+
+
+def _fits(nbytes):
+    return get_worker_info() is not None and 0 < nbytes <= MAX_RING_BYTES // 2
+
+
+def worker_buffer(nbytes):
+    """Worker side: a uint8 tensor of ``nbytes`` over a free ring slot, to
+    read a batch into, or None (not in a worker, no free slot, too big)."""
+    if not _fits(nbytes):
+        return None
+    with _worker_lock:
+        ring = _ring_for(nbytes)
+        slot = ring.take()
+        if slot is None:
+            return None
+        ring.held.add(slot)
+    start = _HEADER + slot * ring.slot_bytes
+    view = ring.array[start:start + nbytes]
+    weakref.finalize(view, _drop_unsent, ring, slot)
+    return torch.from_numpy(view)
+
+
+def _drop_unsent(ring, slot):
+    with _worker_lock:
+        if slot in ring.held:  # never sent: the worker gives it back itself
+            ring.held.discard(slot)
+            ring.array[slot] = 0
+
+
+def _payload(ring):
+    """The segment itself travels once, with the first batch of a ring."""
+    if ring.sent:
+        return None
+    ring.sent = True
+    return (ring.tensor, ring.retires, ring.slots, ring.slot_bytes)
+
+
+def export(data):
+    """Worker side: a handle for ``import_`` that carries ``data`` (a CPU
+    uint8 tensor) through this worker's ring, or None to send it plainly.
+    Data already in a held slot goes as it is; anything else is copied into
+    a free slot."""
+    if data.device.type != "cpu" or not data.is_contiguous():
         return None
     nbytes = data.numel()
-    if nbytes == 0 or nbytes > MAX_RING_BYTES // 2:
+    if not _fits(nbytes):
         return None
     with _worker_lock:
         ring = _worker_ring
-        if ring is None or nbytes > ring.slot_bytes:
-            fresh = _Ring(_slot_size(nbytes))
-            fresh.retires = ring.id if ring is not None else None
-            ring = _worker_ring = fresh
+        where = ring.slot_of(data.data_ptr(), nbytes) if ring is not None else None
+        if where is not None and where[0] in ring.held:
+            ring.held.discard(where[0])  # from now on the training process frees it
+            return (ring.id, _payload(ring), where[0], where[1], nbytes)
+        ring = _ring_for(nbytes)
         slot = ring.take()
         if slot is None:
             return None
         start = _HEADER + slot * ring.slot_bytes
         ring.array[start:start + nbytes] = data.numpy()
-        payload = None
-        if not ring.sent:  # the segment itself travels once, with the first batch
-            payload = (ring.tensor, ring.retires, ring.slots, ring.slot_bytes)
-            ring.sent = True
-    return (ring.id, payload, slot, nbytes)
+        return (ring.id, _payload(ring), slot, 0, nbytes)
 
 
 def _release(flags, slot):
@@ -113,7 +176,7 @@ def _alive(pid):
 def import_(handle):
     """Training side: the batch bytes as a uint8 tensor over the ring slot;
     the slot is given back when the tensor's memory is released."""
-    ring_id, payload, slot, nbytes = handle
+    ring_id, payload, slot, offset, nbytes = handle
     with _attached_lock:
         if payload is not None:
             tensor, retires, slots, slot_bytes = payload
@@ -128,9 +191,9 @@ def import_(handle):
             "(PackedBatch objects from DataLoader workers can only be unpickled by that DataLoader)"
         )
     array, slots, slot_bytes = entry
-    if not 0 <= slot < slots or not 0 < nbytes <= slot_bytes:
-        raise RuntimeError(f"bad packed-batch handle: slot {slot}, {nbytes} bytes")
-    start = _HEADER + slot * slot_bytes
+    if not 0 <= slot < slots or not (0 <= offset and 0 < nbytes and offset + nbytes <= slot_bytes):
+        raise RuntimeError(f"bad packed-batch handle: slot {slot}, offset {offset}, {nbytes} bytes")
+    start = _HEADER + slot * slot_bytes + offset
     view = array[start:start + nbytes]
     weakref.finalize(view, _release, array, slot)
     return torch.from_numpy(view)
@@ -141,7 +204,7 @@ def _reset_after_fork():
     # fresh locks (another thread may have held one at the fork).
     global _worker_ring, _worker_lock, _attached_lock
     _worker_ring = None
-    _worker_lock = threading.Lock()
+    _worker_lock = threading.RLock()
     _attached_lock = threading.Lock()
     _attached.clear()
 

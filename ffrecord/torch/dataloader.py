@@ -266,6 +266,7 @@ class DataLoader(torch.utils.data.DataLoader):
         """The loader's position: epoch, batches and samples consumed in it, and
         what the sampler needs to reproduce the epoch. Plain Python values and
         CPU tensors, for ``torch.save`` or ``ffrecord.checkpoint``."""
+        self._check_map_style()
         world, rank = self._layout()
         state = {
             "format": _STATE_FORMAT,
@@ -310,6 +311,7 @@ class DataLoader(torch.utils.data.DataLoader):
         every new rank loads the same state or list; the samples no old rank
         consumed are then shared among the new ranks, each exactly once.
         """
+        self._check_map_style()
         states = list(state) if isinstance(state, (list, tuple)) else [state]
         if not states:
             raise ValueError("load_state_dict needs a state")
@@ -359,6 +361,11 @@ class DataLoader(torch.utils.data.DataLoader):
             self._next_epoch = mine["epoch"]
 
     # ---- internals --------------------------------------------------------
+    def _check_map_style(self):
+        if isinstance(self.dataset, torch.utils.data.IterableDataset):
+            raise TypeError("state_dict / load_state_dict need a map-style dataset; an iterable-style "
+                            "dataset keeps its position in its own iterator")
+
     def _ffrecord_sampler(self):
         for obj in (self.sampler, getattr(self.batch_sampler, "sampler", None)):
             if isinstance(obj, DistributedSampler):
@@ -396,7 +403,10 @@ class DataLoader(torch.utils.data.DataLoader):
             plan = _Run(self._epoch_now(), skip=self._step)
         if self._auto_epoch:
             self._next_epoch = plan.epoch + 1
-        plan.total = self._planned_length(super()._index_sampler, plan)
+        try:
+            plan.total = self._planned_length(super()._index_sampler, plan)
+        except TypeError:  # an index stream without a length (iterable-style dataset)
+            plan.total = None
         return plan
 
     def _current_run(self):

@@ -20,8 +20,14 @@ import numpy as np
 import torch.utils.data
 
 from ..reader import FileReader
+from . import _transfer
 from .decoders import get_decoder
 from .packed import PackedBatch
+
+# Records at least this large on average are read straight into the shared
+# memory of a packed batch; below it, one read plus one copy costs less than
+# a destination buffer per record.
+_DIRECT_MIN_RECORD = 16 << 10
 
 __all__ = ["RecordDataset", "Dataset", "Subset", "ConcatDataset"]
 
@@ -56,11 +62,17 @@ class _ProcessLocalReader:
         self.__init__(state["fnames"], state["check_data"], state["direct"])
 
 
-def _as_index_list(indices):
-    if isinstance(indices, (list, tuple, range, np.ndarray)):
+def _as_indices(indices):
+    """Batch indices as the reader takes them; a list of ints becomes one int64
+    array (the reader checks an array in one step instead of item by item)."""
+    if isinstance(indices, list):
+        arr = np.asarray(indices) if indices else None
+        # Anything but plain integers goes to the reader as it came, for its error.
+        return arr if arr is not None and arr.dtype.kind in "iu" and arr.ndim == 1 else indices
+    if isinstance(indices, (tuple, range, np.ndarray)):
         return indices
     if isinstance(indices, torch.Tensor):
-        return indices.tolist()
+        return indices.numpy() if indices.device.type == "cpu" else indices.cpu().numpy()
     raise TypeError(f"indices must be a list, tuple, range, numpy array or tensor, not {type(indices).__name__}")
 
 
@@ -97,6 +109,7 @@ class RecordDataset(torch.utils.data.Dataset):
         self.decode = get_decoder(decode)
         self.transform = transform
         self.batch_transform = batch_transform
+        self._direct = True  # may packed batches be read straight into shared memory
         self._source = _ProcessLocalReader(path, check_data, direct)
         self._len = self._source.get().n  # opens now: a bad path fails here, not in a worker
 
@@ -125,15 +138,40 @@ class RecordDataset(torch.utils.data.Dataset):
         """The samples of a batch of indices, read with one batch call: a list,
         or with ``packed=True`` one ``PackedBatch`` (then given to
         ``batch_transform`` when set)."""
-        indices = _as_index_list(indices)
+        indices = _as_indices(indices)
         reader = self._source.get()
         if self.packed:
-            data, offsets = reader.read_packed(indices)
+            data, offsets = self._read_packed(reader, indices)
             idx = np.asarray(indices, dtype=np.int64)  # valid: the read checked them
-            batch = PackedBatch(data, offsets, np.where(idx < 0, idx + self._len, idx))
+            if idx.size and idx.min() < 0:
+                idx = np.where(idx < 0, idx + self._len, idx)
+            batch = PackedBatch(data, offsets, idx)
         else:
             batch = [self._sample(r) for r in reader.read(indices)]
         return self.batch_transform(batch) if self.batch_transform is not None else batch
+
+    def _read_packed(self, reader, indices):
+        """One batch as (uint8 data, int64 offsets). In a DataLoader worker,
+        large records are read straight into shared memory that goes to the
+        training process without another copy; small ones are read into one
+        block and copied there when sent (cheaper than a buffer per record)."""
+        if self._direct and len(indices):
+            lengths = reader.lengths(indices)
+            total = int(lengths.sum())
+            if total >= _DIRECT_MIN_RECORD * len(lengths):
+                target = _transfer.worker_buffer(total)
+                if target is not None:
+                    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+                    np.cumsum(lengths, out=offsets[1:])
+                    view = target.numpy()
+                    try:
+                        reader.read_into(indices, [view[a:b] for a, b in zip(offsets[:-1], offsets[1:])])
+                        return target, offsets
+                    except ValueError:
+                        if reader.closed:
+                            raise
+                        self._direct = False  # compressed records: stored lengths are not the bytes
+        return reader.read_packed(indices)
 
     def close(self):
         """Closes this process's reader (reads then raise ValueError)."""
