@@ -16,8 +16,19 @@ using namespace ffrecord;
 
 namespace {
 
-// A C-contiguous view of any buffer-protocol object, kept alive by `info`.
+// A C-contiguous view of any buffer-protocol object, kept alive by `info`;
+// or an (address, size) pair of ints, for memory the caller keeps alive (the
+// checkpoint package passes tensor memory this way, saving a numpy view per
+// small tensor).
 WritePiece piece_of(const py::handle& obj, py::buffer_info& info) {
+  if (py::isinstance<py::tuple>(obj)) {
+    auto t = py::reinterpret_borrow<py::tuple>(obj);
+    if (t.size() != 2) throw py::value_error("a raw piece is an (address, size) pair");
+    auto address = t[0].cast<uintptr_t>();
+    auto size = t[1].cast<uint64_t>();
+    if (!address && size) throw py::value_error("a raw piece has a null address");
+    return {reinterpret_cast<const uint8_t*>(address), size};
+  }
   info = py::reinterpret_borrow<py::buffer>(obj).request();
   py::ssize_t expect = info.itemsize;
   for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {

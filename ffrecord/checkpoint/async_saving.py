@@ -225,7 +225,7 @@ def _write_staged(plan, ring, queue, ready, commit, file_bytes, future):
             record, views, event = payload
             if event is not None:
                 event.synchronize()
-            plan.record_written(record, out.write([v.numpy() for v in views]))
+            plan.record_written(record, out.write([(v.data_ptr(), v.numel()) for v in views]))
             ring.free_oldest()
         files = out.finish()
         sync_point("data-written")

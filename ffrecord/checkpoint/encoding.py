@@ -27,6 +27,7 @@ anything worse.
 
 import base64
 import collections
+import functools
 import math
 
 import numpy as np
@@ -62,11 +63,15 @@ def _torch():
 
 def torch_dtype_by_name(name):
     """The torch dtype called ``name`` (e.g. 'bfloat16'); None when there is none."""
-    torch = _torch()
-    if not isinstance(name, str) or not name.isidentifier():
+    if not isinstance(name, str):
         return None
-    d = getattr(torch, name, None)
-    return d if isinstance(d, torch.dtype) else None
+    return _torch_dtypes().get(name)
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_dtypes():
+    torch = _torch()
+    return {n: d for n in dir(torch) if isinstance(d := getattr(torch, n), torch.dtype)}
 
 
 def torch_dtype_name(dtype):
@@ -242,8 +247,7 @@ def _alias_key(value, kind):
     if kind == "torch":
         if value.numel() == 0:
             return None
-        return ("torch", value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape),
-                tuple(value.stride()), value.dtype, str(value.device))
+        return ("torch", value.data_ptr(), value.shape, value.stride(), value.dtype, value.device)
     if value.size == 0:
         return None
     return ("numpy", value.__array_interface__["data"][0], value.shape, value.strides, value.dtype.str)

@@ -1,11 +1,11 @@
 """load() and Checkpoint: reading a checkpoint directory back, whole or in part.
 
 Tensor bytes are read straight into the final tensor storage
-(``FileReader.read_into``: no intermediate ``bytes``), in batches of about
-64 MiB spread over a few threads, so that reading and CRC32C verification
-(both done with the GIL released) overlap. Small tensors packed together are
-read per record and copied out. Every part's CRC32C is verified; a mismatch
-raises ChecksumError naming the tensor.
+(``FileReader.read_into``: no intermediate ``bytes``), in file order, in
+batches of about 64 MiB: one thread reads the next batch while the caller's
+thread verifies the CRC32C of the last one (both release the GIL). Small
+tensors packed together are read per record and copied out. Every part's
+CRC32C is verified; a mismatch raises ChecksumError naming the tensor.
 """
 
 import os
@@ -64,70 +64,77 @@ class Checkpoint:
             raise FormatError(f"{self.path}: checkpoint of kind {self._manifest.get('kind')!r}{hint}")
         self._files = [f["name"] for f in self._manifest["files"]]
         self._readers = {}
-        self._arrays = self._check_entries("arrays", with_dtype=True)
-        self._pickles = self._check_entries("pickles", with_dtype=False)
+        for table in ("arrays", "pickles"):
+            if not isinstance(self._manifest.get(table), list):
+                raise self._bad(f"no '{table}' list")
+        self._entries = {}  # (table, index) -> checked (entry, dtype, parts), on first use
         self._names = None
 
     # ---- validation of the tables (every number from disk is hostile) ------
     def _bad(self, what):
         return FormatError(f"{self.path}: malformed checkpoint manifest: {what}")
 
-    def _check_entries(self, table, with_dtype):
-        entries = self._manifest.get(table)
-        if not isinstance(entries, list):
-            raise self._bad(f"no '{table}' list")
-        out = []
-        for i, e in enumerate(entries):
-            if not isinstance(e, dict):
-                raise self._bad(f"{table}[{i}] is not an object")
-            nbytes = e.get("nbytes")
-            if type(nbytes) is not int or nbytes < 0:
-                raise self._bad(f"{table}[{i}]: bad nbytes")
-            if with_dtype:
-                self._check_array(table, i, e, nbytes)
-            parts = e.get("parts")
-            if not isinstance(parts, list):
-                raise self._bad(f"{table}[{i}]: no parts")
-            plist, start = [], 0
-            for p in parts:
-                if (
-                    not isinstance(p, list)
-                    or len(p) != 5
-                    or not all(type(x) is int and x >= 0 for x in p)
-                    or p[0] >= len(self._files)
-                    or p[4] > 0xFFFFFFFF
-                ):
-                    raise self._bad(f"{table}[{i}]: bad part {p!r}")
-                plist.append(_Part(i, p[0], p[1], p[2], p[3], p[4], start))
-                start += p[3]
-            if start != nbytes:
-                raise self._bad(f"{table}[{i}]: parts hold {start} bytes, the entry {nbytes}")
-            out.append((e, plist))
-        return out
+    def _entry(self, table, i):
+        """Entry ``i`` of the "arrays" or "pickles" table, checked: (entry, dtype, parts)."""
+        key = (table, i)
+        got = self._entries.get(key)
+        if got is not None:
+            return got
+        entries = self._manifest[table]
+        if type(i) is not int or not 0 <= i < len(entries):
+            raise self._bad(f"the tree refers to {table}[{i}], the table has {len(entries)}")
+        e = entries[i]
+        if not isinstance(e, dict):
+            raise self._bad(f"{table}[{i}] is not an object")
+        nbytes = e.get("nbytes")
+        if type(nbytes) is not int or nbytes < 0:
+            raise self._bad(f"{table}[{i}]: bad nbytes")
+        dtype = self._check_array(table, i, e, nbytes) if table == "arrays" else None
+        parts = e.get("parts")
+        if not isinstance(parts, list):
+            raise self._bad(f"{table}[{i}]: no parts")
+        plist, start, nfiles = [], 0, len(self._files)
+        for p in parts:
+            if type(p) is not list or len(p) != 5:
+                raise self._bad(f"{table}[{i}]: bad part {p!r}")
+            f, rec, off, n, crc = p
+            if (
+                type(f) is not int or type(rec) is not int or type(off) is not int or type(n) is not int
+                or type(crc) is not int or not 0 <= f < nfiles or rec < 0 or off < 0 or n < 0
+                or not 0 <= crc <= 0xFFFFFFFF
+            ):
+                raise self._bad(f"{table}[{i}]: bad part {p!r}")
+            plist.append(_Part(key, f, rec, off, n, crc, start))
+            start += n
+        if start != nbytes:
+            raise self._bad(f"{table}[{i}]: parts hold {start} bytes, the entry {nbytes}")
+        got = self._entries[key] = (e, dtype, plist)
+        return got
 
     def _check_array(self, table, i, e, nbytes):
         kind, shape = e.get("kind"), e.get("shape")
-        if not isinstance(shape, list) or not all(type(x) is int and x >= 0 for x in shape) or len(shape) > 64:
+        if type(shape) is not list or len(shape) > 64:
             raise self._bad(f"{table}[{i}]: bad shape")
+        count = 1
+        for x in shape:
+            if type(x) is not int or x < 0:
+                raise self._bad(f"{table}[{i}]: bad shape")
+            count *= x
         if kind == "torch":
             dtype = torch_dtype_by_name(e.get("dtype"))
             if dtype is None:
                 raise self._bad(f"{table}[{i}]: unknown torch dtype {e.get('dtype')!r}")
-            itemsize = dtype.itemsize
             if not isinstance(e.get("device"), str):
                 raise self._bad(f"{table}[{i}]: bad device")
         elif kind == "numpy":
             dtype = numpy_dtype_from_str(e.get("dtype"))
             if dtype is None or dtype.itemsize == 0:
                 raise self._bad(f"{table}[{i}]: unsupported numpy dtype {e.get('dtype')!r}")
-            itemsize = dtype.itemsize
         else:
             raise self._bad(f"{table}[{i}]: unknown kind {kind!r}")
-        count = 1
-        for x in shape:
-            count *= x
-        if count * itemsize != nbytes:
+        if count * dtype.itemsize != nbytes:
             raise self._bad(f"{table}[{i}]: shape {shape} and dtype do not make {nbytes} bytes")
+        return dtype
 
     # ---- public surface ----------------------------------------------------
     def keys(self):
@@ -153,12 +160,12 @@ class Checkpoint:
     def arrays(self):
         """{path (tuple of keys): {"kind", "dtype", "shape", "nbytes"}} of every
         stored tensor and numpy array, read from the manifest only."""
-        names = self._array_paths()
-        return {
-            names[i]: {k: e[k] for k in ("kind", "dtype", "shape", "nbytes")}
-            for i, (e, _) in enumerate(self._arrays)
-            if i in names
-        }
+        out = {}
+        for (table, i), path in self._paths().items():
+            if table == "arrays":
+                e = self._entry(table, i)[0]
+                out[path] = {k: e[k] for k in ("kind", "dtype", "shape", "nbytes")}
+        return out
 
     def load(self, keys=None):
         """Everything (``keys=None``), or ``{key: subtree}`` for each entry of
@@ -223,14 +230,13 @@ class Checkpoint:
 
         return Decoder(self.path, array, pickled)
 
-    def _array_paths(self):
-        """Index -> first tree path referring to it (names tensors in messages)."""
+    def _paths(self):
+        """(table, index) -> the first tree path referring to it (for messages)."""
         if self._names is None:
             names = {}
 
             def note(kind, i, k, path):
-                if kind == "array":
-                    names.setdefault(i, path)
+                names.setdefault(("arrays" if kind == "array" else "pickles", i), path)
 
             self._decoder(note).decode(self._manifest["tree"])
             self._names = names
@@ -239,35 +245,31 @@ class Checkpoint:
     def _materialize(self, nodes, many):
         """Decodes the tree ``nodes``, reading exactly the arrays they refer to,
         once each; returns the list of values (``many``) or the only one."""
-        wanted_arrays, wanted_pickles = {}, {}
-
-        def collect(kind, i, k, path):
-            table = self._arrays if kind == "array" else self._pickles
-            if i >= len(table):
-                raise FormatError(f"{self.path}: tree refers to {kind} {i}, the manifest has {len(table)}")
-            if kind == "array":
-                if table[i][0]["kind"] != k:
-                    raise FormatError(f"{self.path}: tree node at {format_path(path)} does not match array {i}")
-                wanted_arrays.setdefault(i, path)
-            else:
-                wanted_pickles.setdefault(i, path)
-            return None
-
-        for node in nodes:
-            self._decoder(collect).decode(node)
-        if wanted_pickles and not self.trusted:
-            where = format_path(next(iter(wanted_pickles.values())))
+        wanted = {}
+        for tag, i in _references(nodes):
+            if type(i) is not int:
+                raise self._bad(f"a {tag} node without a valid index")
+            wanted.setdefault(("pickles" if tag == "pickle" else "arrays", i), tag)
+        if any(t == "pickles" for t, _ in wanted) and not self.trusted:
+            first = next(k for k in wanted if k[0] == "pickles")
+            where = format_path(self._paths().get(first, ()))
             raise UnsafeCheckpointError(
                 f"{self.path}: the checkpoint holds pickled objects (e.g. at {where}); unpickling can run "
                 "arbitrary code, so load() refuses it unless called with trusted=True"
             )
-        buffers = self._read(wanted_arrays, wanted_pickles)
+        for (table, i), tag in wanted.items():
+            e = self._entry(table, i)[0]
+            if table == "arrays" and e["kind"] != ("torch" if tag == "tensor" else "numpy"):
+                raise self._bad(f"a {tag} node refers to arrays[{i}] of kind {e['kind']!r}")
+        buffers = self._read(list(wanted))
         values = {}
 
         def fetch(kind, i, k, path):
-            key = (kind, i)
+            key = ("arrays" if kind == "array" else "pickles", i)
+            if key not in buffers:  # the walk above saw every reference, so the tree is malformed
+                raise self._bad(f"unexpected reference at {format_path(path)}")
             if key not in values:
-                values[key] = self._build(kind, i, buffers[key])
+                values[key] = self._build(key, buffers[key])
             return values[key]
 
         dec = self._decoder(fetch)
@@ -280,26 +282,22 @@ class Checkpoint:
             r = self._readers[f] = FileReader(os.path.join(self.path, self._files[f]), check_data=False)
         return r
 
-    def _read(self, wanted_arrays, wanted_pickles):
-        """Allocates the destination of every wanted item and reads its parts
-        into it; returns {(kind, index): uint8 buffer}."""
+    def _read(self, keys):
+        """Allocates the destination of every item in ``keys`` ((table, index)
+        pairs) and reads its parts into it; returns {key: uint8 buffer}."""
         torch = _torch()
-        buffers, names, parts = {}, {}, []
-        for kind, wanted, table in (("array", wanted_arrays, self._arrays), ("pickle", wanted_pickles, self._pickles)):
-            for i, path in wanted.items():
-                entry, plist = table[i]
-                if kind == "array" and entry["kind"] == "torch":
-                    buf = torch.empty(entry["nbytes"], dtype=torch.uint8)
-                else:
-                    buf = np.empty(entry["nbytes"], dtype=np.uint8)
-                buffers[(kind, i)] = buf
-                names[(kind, i)] = path
-                parts += [(kind, p) for p in plist]
+        buffers, by_record = {}, {}
+        for key in keys:
+            entry, _, plist = self._entry(*key)
+            if entry.get("kind") == "torch":
+                buffers[key] = torch.empty(entry["nbytes"], dtype=torch.uint8)
+            else:
+                buffers[key] = np.empty(entry["nbytes"], dtype=np.uint8)
+            for p in plist:
+                by_record.setdefault((p.file, p.record), []).append(p)
+        arrays = {k: (b if isinstance(b, np.ndarray) else b.numpy()) for k, b in buffers.items()}
         # Check each part against its record before touching any byte: inside
         # the record, and no two parts overlapping (bounds total allocation).
-        by_record = {}
-        for kind, p in parts:
-            by_record.setdefault((p.file, p.record), []).append((kind, p))
         lengths = {}
         for (f, rec), plist in by_record.items():
             r = self._reader(f)
@@ -307,93 +305,99 @@ class Checkpoint:
                 raise FormatError(f"{self.path}/{self._files[f]}: part refers to record {rec}, the file has {r.n}")
             lengths[(f, rec)] = length = int(r.lengths([rec])[0])
             end = 0
-            for _, p in sorted(plist, key=lambda kp: kp[1].offset):
+            for p in sorted(plist, key=lambda p: p.offset):
                 if p.offset < end or p.offset + p.length > length:
                     raise FormatError(f"{self.path}/{self._files[f]}: bad or overlapping part in record {rec}")
                 end = p.offset + p.length
-        direct, packed = [], []
+        # Runs of consecutive records, in file order, read in batches of up to
+        # BATCH_BYTES: a record holding one whole part is read straight into
+        # its destination; records packing several parts are read and split.
+        jobs = []
         for (f, rec), plist in sorted(by_record.items()):
-            if len(plist) == 1 and plist[0][1].offset == 0 and plist[0][1].length == lengths[(f, rec)]:
-                direct.append(plist[0])
+            p0 = plist[0]
+            what = "direct" if len(plist) == 1 and p0.offset == 0 and p0.length == lengths[(f, rec)] else "packed"
+            size = lengths[(f, rec)]
+            if jobs and jobs[-1][0] == what and jobs[-1][1] == f and (
+                jobs[-1][3] + size <= BATCH_BYTES and len(jobs[-1][2]) < BATCH_PARTS
+            ):
+                jobs[-1][2].append((rec, plist))
+                jobs[-1][3] += size
             else:
-                packed.append(((f, rec), plist))
-        jobs = _batches(direct, lambda kp: kp[1].length, lambda kp: kp[1].file)
-        jobs = [("direct", j) for j in jobs]
-        jobs += [("packed", j) for j in _batches(packed, lambda rp: lengths[rp[0]], lambda rp: rp[0][0])]
+                jobs.append([what, f, [(rec, plist)], size])
         if not jobs:
             return buffers
 
-        def views(kind, p):
-            buf = buffers[(kind, p.item)]
-            arr = buf.numpy() if not isinstance(buf, np.ndarray) else buf
-            return arr[p.start : p.start + p.length]
+        def view(p):
+            return arrays[p.item][p.start : p.start + p.length]
 
-        def run(job):
-            what, batch = job
-            if what == "direct":
-                f = batch[0][1].file
-                dsts = [views(kind, p) for kind, p in batch]
-                self._reader(f).read_into([p.record for _, p in batch], dsts)
-                for (kind, p), dst in zip(batch, dsts):
-                    if _core.crc32c(dst) != p.crc:
-                        return self._checksum_error(names[(kind, p.item)], p)
-                return None
-            f = batch[0][0][0]
-            blocks = self._reader(f).read([rec for (_, rec), _ in batch])
-            for ((_, rec), plist), block in zip(batch, blocks):
-                for kind, p in plist:
-                    src = block[p.offset : p.offset + p.length]
-                    if _core.crc32c(src) != p.crc:
-                        return self._checksum_error(names[(kind, p.item)], p)
-                    np.copyto(views(kind, p), src)
+        def read(job):
+            what, f, batch, _ = job
+            records = [rec for rec, _ in batch]
+            if what == "packed":
+                return self._reader(f).read(records)
+            self._reader(f).read_into(records, [view(plist[0]) for _, plist in batch])
             return None
 
-        workers = min(len(jobs), max(2, min(4, os.cpu_count() or 2)))
-        if workers == 1:
-            errors = [run(jobs[0])]
-        else:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                errors = list(pool.map(run, jobs))
-        for e in errors:
-            if e is not None:
-                raise e
+        def verify(job, blocks):
+            what, _, batch, _ = job
+            for k, (_, plist) in enumerate(batch):
+                for p in plist:
+                    src = view(p) if what == "direct" else blocks[k][p.offset : p.offset + p.length]
+                    if _core.crc32c(src) != p.crc:
+                        raise self._checksum_error(p)
+                    if what == "packed":
+                        np.copyto(view(p), src)
+
+        # One thread reads batch k+1 while this one verifies batch k (both
+        # release the GIL). A single reader keeps the file access sequential,
+        # which measured faster than several concurrent readers.
+        with ThreadPoolExecutor(max_workers=1) as io:
+            pending = io.submit(read, jobs[0])
+            for k, job in enumerate(jobs):
+                blocks = pending.result()
+                pending = io.submit(read, jobs[k + 1]) if k + 1 < len(jobs) else None
+                verify(job, blocks)
         return buffers
 
-    def _checksum_error(self, path, p):
-        what = "tensor" if path is not None else "entry"
+    def _checksum_error(self, p):
+        path = self._paths().get(p.item)
+        what = "tensor" if p.item[0] == "arrays" else "pickled entry"
         return ChecksumError(
-            f"{self.path}/{self._files[p.file]}: CRC32C mismatch in {what} {format_path(path)} "
+            f"{self.path}/{self._files[p.file]}: CRC32C mismatch in {what} {format_path(path or ())} "
             f"(record {p.record}, bytes {p.start}..{p.start + p.length} of it)"
         )
 
-    def _build(self, kind, i, buf):
-        if kind == "pickle":
+    def _build(self, key, buf):
+        entry, dtype, _ = self._entry(*key)
+        if key[0] == "pickles":
             return pickle.loads(buf.tobytes())
-        entry = self._arrays[i][0]
         if entry["kind"] == "numpy":
-            d = np.dtype(entry["dtype"])
-            return buf.view(d).reshape(entry["shape"])
-        t = buf.view(torch_dtype_by_name(entry["dtype"])).reshape(entry["shape"])
-        return _relocate(t, entry["device"], self.map_location)
+            return buf.view(dtype).reshape(entry["shape"])
+        return _relocate(buf.view(dtype).reshape(entry["shape"]), entry["device"], self.map_location)
 
 
-def _batches(items, size, group):
-    """Consecutive runs of items of one group, up to BATCH_BYTES / BATCH_PARTS each."""
-    out, cur, cur_bytes, cur_group = [], [], 0, None
-    for it in items:
-        g = group(it)
-        if cur and (g != cur_group or cur_bytes + size(it) > BATCH_BYTES or len(cur) >= BATCH_PARTS):
-            out.append(cur)
-            cur, cur_bytes = [], 0
-        cur.append(it)
-        cur_bytes += size(it)
-        cur_group = g
-    if cur:
-        out.append(cur)
-    return out
+def _references(nodes):
+    """(tag, index) of every tensor/ndarray/pickle node under ``nodes`` (JSON),
+    without decoding anything else; tolerant of malformed trees (the decoder
+    reports those)."""
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        if type(node) is list:
+            stack.extend(node)
+        elif type(node) is dict:
+            tag = node.get("$")
+            if tag in ("tensor", "ndarray", "pickle"):
+                yield tag, node.get("i")
+            else:
+                for field in ("k", "v", "m"):
+                    if field in node:
+                        stack.append(node[field])
 
 
 def _relocate(t, saved_device, map_location):
+    if map_location is None and saved_device == "cpu":
+        return t
     torch = _torch()
     if callable(map_location):
         return map_location(t, saved_device)

@@ -95,6 +95,15 @@ class ArraySource:
             return np.ascontiguousarray(self.value).reshape(-1).view(np.uint8)
         return np.frombuffer(bytearray(self.value), dtype=np.uint8)
 
+    def host_memory(self):
+        """``(owner, address)``: the contiguous bytes in host memory, which stay
+        valid while ``owner`` is referenced. No copy for a contiguous CPU tensor."""
+        v = self.value
+        if self.kind == "torch" and v.device.type == "cpu" and v.is_contiguous() and not v.is_conj() and not v.is_neg():
+            return v, v.data_ptr()
+        b = self.cpu_bytes()
+        return b, b.__array_interface__["data"][0]
+
 
 class SavePlan:
     """What a save writes: the encoded tree, the arrays and pickled blobs
@@ -179,7 +188,8 @@ class PayloadWriter:
         self._writer = None
 
     def write(self, pieces):
-        """Appends one record made of ``pieces`` (C-contiguous buffers); returns
+        """Appends one record made of ``pieces`` (C-contiguous buffers, or
+        ``(address, size)`` pairs of memory the caller keeps alive); returns
         where it landed and its checksums, as a ``Written``."""
         if self._writer is None or self._writer.size >= self.file_bytes:
             self._open_next()
@@ -206,14 +216,16 @@ def write_plan(plan, directory, file_bytes=None):
     the manifest, into ``directory``."""
     out = PayloadWriter(directory, file_bytes)
     try:
-        cached = (None, None)
+        cached = (None, None, 0)  # the chunks of a large array come in a row
         for record in plan.records:
-            pieces = []
+            pieces, owners = [], []
             for i, start, n in record:
                 if cached[0] != i:
-                    cached = (i, plan.items[i].cpu_bytes())
-                pieces.append(cached[1][start : start + n])
+                    cached = (i, *plan.items[i].host_memory())
+                owners.append(cached[1])  # keeps the memory alive until written
+                pieces.append((cached[2] + start, n))
             plan.record_written(record, out.write(pieces))
+            del owners
         files = out.finish()
     except BaseException:
         out.abort()
