@@ -10,11 +10,17 @@ summaries off. See docs/TOOLS.md for every subcommand.
 import argparse
 import json
 import sys
+import warnings
 
 from . import FFRecordError, __version__
 from .tools.errors import ToolError, UsageError
 from .tools.sizes import format_size, parse_size
 from .tools.sources import KINDS
+
+# This process holds no threads or handles a worker could trip on when the
+# workers start (sources and readers are closed by then), so they fork: no
+# interpreter start and imports per worker. The library default stays spawn.
+_START_METHOD = "fork"
 
 
 def main(argv=None):
@@ -29,7 +35,9 @@ def main(argv=None):
               "(see ffrecord --help)", file=sys.stderr)
         return 2
     try:
-        return args.run(args) or 0
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.run(args) or 0
     except UsageError as e:
         return _fail(args.command, e, 2)
     except (ToolError, FFRecordError) as e:
@@ -39,6 +47,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"ffrecord {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    # Warnings (e.g. records skipped by a quarantine) are news for the user, not for a developer.
+    print(f"ffrecord: warning: {message}", file=sys.stderr if file is None else file)
 
 
 def _fail(command, message, status):
@@ -75,6 +88,7 @@ def _convert(args):
         records_per_shard=args.records_per_shard, compression=args.compression,
         zstd_dict=args.zstd_dict, zstd_dict_file=args.zstd_dict_file, workers=args.workers,
         rank=args.rank, world_size=args.world_size, show_progress=progress.wanted(args.quiet),
+        start_method=_START_METHOD,
     )
     if not args.quiet:
         rate = result.bytes / result.seconds / 1e6 if result.seconds > 0 else 0.0
@@ -97,7 +111,7 @@ def _validate(args):
     result = validate.validate(
         args.paths, workers=args.workers, rank=args.rank, world_size=args.world_size,
         quarantine=args.quarantine, shard_crc=not args.no_shard_crc,
-        show_progress=progress.wanted(args.quiet),
+        show_progress=progress.wanted(args.quiet), start_method=_START_METHOD,
     )
     for p in result.problems:
         print(f"BAD {p.describe()}")
@@ -128,7 +142,7 @@ def _info(args):
         print(json.dumps(d, indent=1, sort_keys=True, default=str))
     else:
         for w in d.get("warnings", []):
-            print(f"warning: {w}", file=sys.stderr)
+            print(f"ffrecord: warning: {w}", file=sys.stderr)
         print(info.format_text(d))
     return 0
 

@@ -139,6 +139,16 @@ def test_imagefolder_images_labels_and_classes(tmp_path):
         assert seen == sorted(seen)  # class by class, as in the source
     check_manifest(dst)
 
+    # The PyTorch dataset opens the same directory, keys included.
+    from ffrecord.torch import RecordDataset
+
+    ds = RecordDataset(dst, decode=decode_labeled)
+    assert len(ds) == 12
+    image, label = ds[10]
+    assert label == 2 and ds.reader.key(10) == "cat/2.png"
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(image.tobytes()))), pixels["cat/2.png"][0])
+    assert [lbl for _, lbl in ds.__getitems__([0, 4, 8])] == [0, 1, 2]
+
 
 def make_tar(path, samples, compress=False):
     mode = "w:gz" if compress else "w"

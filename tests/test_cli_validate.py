@@ -123,6 +123,16 @@ def test_quarantine_lets_readers_skip_bad_records(tmp_path, capsys):
     assert cli("validate", dst, "--quarantine", "-q") == 1
     assert json.loads((dst / "quarantine.json").read_text())["records"] == before
 
+    # Converting the dataset again leaves the quarantined records out: a clean copy.
+    capsys.readouterr()
+    assert cli("convert", dst, tmp_path / "clean", "-q") == 0
+    err = capsys.readouterr().err
+    assert err.strip() == f"ffrecord: warning: {dst}: skipping 2 quarantined record(s) listed in quarantine.json"
+    assert cli("validate", tmp_path / "clean", "-q") == 0
+    with ffrecord.FileReader(tmp_path / "clean") as clean:
+        assert [clean.read_one(i).tobytes() for i in range(len(clean))] == good
+        assert clean.find("r045") == 43
+
 
 def test_quarantine_from_two_ranks_merges(tmp_path):
     dst, records = make_dataset(tmp_path)

@@ -70,7 +70,8 @@ class ShardJob:
 
 
 def convert(src, dst, kind=None, *, shard_size=None, records_per_shard=None, compression=None,
-            zstd_dict=False, zstd_dict_file=None, workers=1, rank=None, world_size=None, show_progress=False):
+            zstd_dict=False, zstd_dict_file=None, workers=1, rank=None, world_size=None, show_progress=False,
+            start_method="spawn"):
     """Converts ``src`` into the dataset directory ``dst``; returns a ConvertResult.
 
     ``kind`` is a source kind (``ffrecord.tools.sources.KINDS``) or None to
@@ -78,7 +79,8 @@ def convert(src, dst, kind=None, *, shard_size=None, records_per_shard=None, com
     exclusive; the default is 1 GiB shards. ``compression`` is None or
     ``'zstd[:level]'``; ``zstd_dict`` trains a dictionary on a sample of
     records, ``zstd_dict_file`` uses a dictionary from a file. ``rank`` and
-    ``world_size`` default to the environment (see ``distributed``)."""
+    ``world_size`` default to the environment (see ``distributed``).
+    ``start_method`` starts the worker processes (see ``pool.run``)."""
     started = time.monotonic()
     rank, world = distributed.rank_and_world(rank, world_size)
     options = _options(shard_size, records_per_shard, compression, zstd_dict, zstd_dict_file, workers)
@@ -129,7 +131,7 @@ def convert(src, dst, kind=None, *, shard_size=None, records_per_shard=None, com
         desc += f" [rank {rank}/{world}]"
     with progress.bar(total, desc, enabled=show_progress) as bar:
         for k, (record, wrote) in pool.run(write_shard, jobs, options["workers"],
-                                           lambda r, b: bar.update(r)):
+                                           lambda r, b: bar.update(r), start_method):
             (result.written if wrote else result.skipped).append(jobs[k].name)
             result.records += record["records"]
             result.bytes += record["bytes"]

@@ -4,9 +4,12 @@
 job and yields ``(job index, result)`` as jobs finish. ``report(records,
 nbytes)`` is how a job tells the parent about progress; the parent passes the
 totals to ``on_progress``. With one worker, jobs run in this process; with
-more, in ``spawn``-ed processes (so no file handle, lock or I/O ring is ever
-inherited through ``fork``; a script calling this must guard its entry point
-with ``if __name__ == "__main__":``, as ``spawn`` requires).
+more, in worker processes started by ``start_method``: ``spawn`` (the
+default) is safe whatever the calling program holds (threads, CUDA, open
+handles), but each worker pays an interpreter start and imports, and a script
+calling it must guard its entry point with ``if __name__ == "__main__":``.
+``fork`` starts workers at once and suits a caller that knows it holds no
+threads or handles a child could trip on, like the ``ffrecord`` command.
 
 The first failing job stops the others at their next progress report and its
 exception is raised in the parent; a worker that dies (killed, out of memory)
@@ -69,7 +72,7 @@ def _call(fn, index, job):
         reporter.flush()
 
 
-def run(fn, jobs, workers=1, on_progress=None):
+def run(fn, jobs, workers=1, on_progress=None, start_method="spawn"):
     on_progress = on_progress or (lambda records, nbytes: None)
     jobs = list(jobs)
     if workers <= 1 or len(jobs) <= 1:
@@ -81,7 +84,7 @@ def run(fn, jobs, workers=1, on_progress=None):
                 reporter.flush()
             yield index, result
         return
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context(start_method)
     q = ctx.Queue()
     stop = ctx.Event()
     executor = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,

@@ -74,8 +74,9 @@ class _Target:
 
 
 def validate(paths, *, workers=1, rank=None, world_size=None, quarantine=False, shard_crc=True,
-             show_progress=False):
-    """Checks ``paths`` (files and dataset directories); returns a ValidateResult."""
+             show_progress=False, start_method="spawn"):
+    """Checks ``paths`` (files and dataset directories); returns a ValidateResult.
+    ``start_method`` starts the worker processes (see ``pool.run``)."""
     started = time.monotonic()
     rank, world = distributed.rank_and_world(rank, world_size)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -91,11 +92,13 @@ def validate(paths, *, workers=1, rank=None, world_size=None, quarantine=False, 
     mine = distributed.owned(targets, rank, world)
 
     jobs = []
+    split = workers if len(mine) < workers else 1  # few big files: split them across the workers
     for t in mine:
-        jobs += _plan_file(t, result, shard_crc, workers)
+        jobs += _plan_file(t, result, shard_crc, split)
     total = sum(j[3] for j in jobs)
     with progress.bar(total, "validate", unit="B", enabled=show_progress) as bar:
-        for _, (problems, records, nbytes) in pool.run(check_job, jobs, workers, lambda r, b: bar.update(b)):
+        for _, (problems, records, nbytes) in pool.run(check_job, jobs, workers, lambda r, b: bar.update(b),
+                                                               start_method):
             result.problems += problems
             result.records += records
             result.bytes += nbytes
@@ -205,8 +208,10 @@ def _expand(path, problems):
     return [_Target(p, path, e) for p, e in zip(ds.paths, entries)]
 
 
-def _plan_file(t, result, shard_crc, workers):
-    """Jobs for one file, after the checks that need no record reads."""
+def _plan_file(t, result, shard_crc, split):
+    """Jobs for one file, after the checks that need no record reads. The
+    records are cut into ranges of about CHUNK_BYTES, and into at least
+    ``split`` ranges when the file is large enough to be worth it."""
     if not os.path.exists(t.path):
         where = f" (listed in {MANIFEST_NAME})" if t.entry is not None else ""
         result.problems.append(Problem(t.path, f"missing{where}"))
@@ -228,9 +233,8 @@ def _plan_file(t, result, shard_crc, workers):
             result.problems.append(Problem(t.path, f"is {size} bytes; {MANIFEST_NAME} says {want_size}"))
         elif shard_crc and t.entry.get("crc32c"):
             jobs.append(("crc", t.path, t.entry["crc32c"], size))
-    # Record ranges of about CHUNK_BYTES, and at least one per worker for a big file.
     data_bytes = int(lengths.sum())
-    pieces = max(1, min(n, max(data_bytes // CHUNK_BYTES, workers if data_bytes > BATCH_BYTES else 1)))
+    pieces = max(1, min(n, max(data_bytes // CHUNK_BYTES, split if data_bytes > 4 * BATCH_BYTES else 1)))
     edges = np.linspace(0, n, pieces + 1).astype(np.int64)
     cum = np.concatenate(([0], np.cumsum(lengths, dtype=np.int64)))
     for a, b in zip(edges[:-1], edges[1:]):
