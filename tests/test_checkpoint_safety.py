@@ -126,6 +126,7 @@ def test_damaged_or_missing_files_are_format_errors(tmp_path):
         lambda m: m.update(version=99),
         lambda m: m.update(format="other"),
         lambda m: m["files"].append({"name": "../etc/passwd", "size": 1}),
+        lambda m: m["files"][0].update(records=7),
         lambda m: m["arrays"][0].update(dtype="os.system"),
         lambda m: m["arrays"][0].update(dtype="Tensor"),
         lambda m: m["arrays"][0].update(shape=[10**12, 10**12]),

@@ -148,3 +148,4 @@ def read_manifest(directory, kind=None):
         if actual != size:
             raise FormatError(f"{full}: {actual} bytes, the manifest says {size} (truncated or replaced?)")
     return manifest
+

@@ -279,7 +279,11 @@ class Checkpoint:
     def _reader(self, f):
         r = self._readers.get(f)
         if r is None:
-            r = self._readers[f] = FileReader(os.path.join(self.path, self._files[f]), check_data=False)
+            r = FileReader(os.path.join(self.path, self._files[f]), check_data=False)
+            expected = self._manifest["files"][f].get("records")
+            if r.n != expected:
+                raise FormatError(f"{self.path}/{self._files[f]}: {r.n} records, the manifest says {expected!r}")
+            self._readers[f] = r
         return r
 
     def _read(self, keys):

@@ -183,8 +183,9 @@ class PayloadWriter:
 
     def _close_current(self):
         w = self._writer
+        records = w.records
         w.finish(b'{"format":"ffrecord-checkpoint-data"}')
-        self.files[-1].update(size=os.stat(w.path).st_size, records=w.records)
+        self.files[-1].update(size=os.stat(w.path).st_size, records=records)
         self._writer = None
 
     def write(self, pieces):
