@@ -12,6 +12,7 @@ Loaders:
   ffrecord (decode='bytes')  the same, each sample as bytes (cheaper to pickle)
   ffrecord-packed  RecordDataset(packed=True) + packed_collate: one tensor per batch
   ffrecord-packed (ffrecord.torch.DataLoader)  the same through the resumable loader
+  ffrecord-packed, check_data=False  without verifying checksums (LMDB and files verify none)
 
 Workloads: W-small (2-6 KiB records) and W-image (64-192 KiB records).
 The data is written once under --workdir and read from the page cache.
@@ -163,6 +164,8 @@ def loaders(ffr, folder, lmdb_dir, n, batch, workers):
             fft.RecordDataset(ffr, packed=True), collate_fn=fft.packed_collate, **common),
         "ffrecord-packed (ffrecord.torch.DataLoader)": lambda: fft.DataLoader(
             fft.RecordDataset(ffr, packed=True), **common),
+        "ffrecord-packed, check_data=False": lambda: TorchDataLoader(
+            fft.RecordDataset(ffr, packed=True, check_data=False), collate_fn=fft.packed_collate, **common),
     }
 
 

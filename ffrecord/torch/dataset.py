@@ -93,6 +93,8 @@ class RecordDataset(torch.utils.data.Dataset):
     ``collate_fn=ffrecord.torch.packed_collate`` (``ffrecord.torch.DataLoader``
     sets it); ``decode`` and ``transform`` must then be unset.
 
+    ``check_data`` verifies every record's checksum (the default);
+    ``direct=True`` reads with ``O_DIRECT`` (see ``ffrecord.FileReader``).
     The dataset opens its reader lazily in each process and pickles by path,
     so it works with any ``num_workers``, fork or spawn.
     """
@@ -109,7 +111,7 @@ class RecordDataset(torch.utils.data.Dataset):
         self.decode = get_decoder(decode)
         self.transform = transform
         self.batch_transform = batch_transform
-        self._direct = True  # may packed batches be read straight into shared memory
+        self._into_shared = True  # may packed batches be read straight into shared memory
         self._source = _ProcessLocalReader(path, check_data, direct)
         self._len = self._source.get().n  # opens now: a bad path fails here, not in a worker
 
@@ -155,7 +157,7 @@ class RecordDataset(torch.utils.data.Dataset):
         large records are read straight into shared memory that goes to the
         training process without another copy; small ones are read into one
         block and copied there when sent (cheaper than a buffer per record)."""
-        if self._direct and len(indices):
+        if self._into_shared and len(indices):
             lengths = reader.lengths(indices)
             total = int(lengths.sum())
             if total >= _DIRECT_MIN_RECORD * len(lengths):
@@ -170,7 +172,7 @@ class RecordDataset(torch.utils.data.Dataset):
                     except ValueError:
                         if reader.closed:
                             raise
-                        self._direct = False  # compressed records: stored lengths are not the bytes
+                        self._into_shared = False  # compressed records: stored lengths are not the bytes
         return reader.read_packed(indices)
 
     def close(self):

@@ -106,6 +106,13 @@ def _default_layout(num_replicas, rank):
     return num_replicas, rank
 
 
+def _chunked(indices, chunk=1 << 16):
+    """Yields the indices as Python ints, converting a slice at a time (a
+    list of the whole share would cost ~36 bytes per sample at once)."""
+    for start in range(0, len(indices), chunk):
+        yield from indices[start:start + chunk].tolist()
+
+
 class _Plan:
     """What one iteration of an epoch delivers: the closed generations before
     it and how many samples of this rank's share to skip at its start."""
@@ -167,8 +174,7 @@ class DistributedSampler(Sampler):
         plan = self._pending if self._pending is not None else _Plan()
         self._pending = None
         self._active = plan
-        share = self._share(plan)
-        return iter(share[plan.skip:].tolist())
+        return _chunked(self._share(plan)[plan.skip:])
 
     def __len__(self):
         plan = self._pending if self._pending is not None else _Plan()
