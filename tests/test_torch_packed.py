@@ -287,3 +287,23 @@ def test_large_compressed_records_fall_back_to_one_block(tmp_path):
     loader = fft.DataLoader(fft.RecordDataset(p, packed=True), batch_size=4, num_workers=2)
     got = {int(i): bytes(b[k].numpy()) for b in loader for k, i in enumerate(b.indices)}
     assert got == dict(enumerate(blobs))
+
+
+def _drop_and_collect(batches):
+    import gc
+
+    batches.clear()
+    gc.collect()
+
+
+def test_a_forked_child_dropping_batches_does_not_free_their_slots(path):
+    loader = fft.DataLoader(fft.RecordDataset(path, packed=True), batch_size=4, num_workers=2)
+    it = iter(loader)
+    held = [next(it) for _ in range(6)]
+    assert not any(b.data.is_shared() for b in held)  # all in ring slots
+    child = torch.multiprocessing.get_context("fork").Process(target=_drop_and_collect, args=(held,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    rest = [i for b in it for i in check_batch(b)]  # workers keep reusing the free slots
+    assert [i for b in held for i in check_batch(b)] + rest == list(range(N))

@@ -115,11 +115,13 @@ def worker_buffer(nbytes):
         ring.held.add(slot)
     start = _HEADER + slot * ring.slot_bytes
     view = ring.array[start:start + nbytes]
-    weakref.finalize(view, _drop_unsent, ring, slot)
+    weakref.finalize(view, _drop_unsent, ring, slot, os.getpid())
     return torch.from_numpy(view)
 
 
-def _drop_unsent(ring, slot):
+def _drop_unsent(ring, slot, pid):
+    if os.getpid() != pid:  # a forked copy of the object: only its owner frees the slot
+        return
     with _worker_lock:
         if slot in ring.held:  # never sent: the worker gives it back itself
             ring.held.discard(slot)
@@ -159,8 +161,11 @@ def export(data):
         return (ring.id, _payload(ring), slot, 0, nbytes)
 
 
-def _release(flags, slot):
-    flags[slot] = 0
+def _release(flags, slot, pid):
+    # Only the process that received the batch frees its slot: a process
+    # forked from it may collect its own copy of the batch at any time.
+    if os.getpid() == pid:
+        flags[slot] = 0
 
 
 def _alive(pid):
@@ -195,7 +200,7 @@ def import_(handle):
         raise RuntimeError(f"bad packed-batch handle: slot {slot}, offset {offset}, {nbytes} bytes")
     start = _HEADER + slot * slot_bytes + offset
     view = array[start:start + nbytes]
-    weakref.finalize(view, _release, array, slot)
+    weakref.finalize(view, _release, array, slot, os.getpid())
     return torch.from_numpy(view)
 
 
