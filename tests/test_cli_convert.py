@@ -234,6 +234,29 @@ def test_jsonl_one_record_per_line(tmp_path):
     check_manifest(dst)
 
 
+def test_jsonl_line_endings_across_read_chunks(tmp_path, monkeypatch):
+    import ffrecord.tools.sources.jsonl as jsonl_source
+
+    monkeypatch.setattr(jsonl_source, "_CHUNK", 5)  # every line ending lands on a chunk edge somewhere
+    body = b'{"a":1}\r\n\r\n{"b":22}\n\n\r\n{"c":333}\r\nx\r'
+    (tmp_path / "e.jsonl").write_bytes(body)
+    assert cli("convert", tmp_path / "e.jsonl", tmp_path / "out", "--shard-size", "10", "-q") == 0
+    datas, _ = records_of(tmp_path / "out")
+    assert datas == [b'{"a":1}', b'{"b":22}', b'{"c":333}', b"x\r"]  # a final '\r' without '\n' is data
+    doc = check_manifest(tmp_path / "out")
+    assert [s["raw_bytes"] for s in doc["shards"]] == [7, 8, 9, 2]  # sizes from the scan match the records
+
+
+def test_folder_symlink_loop_is_walked_once(tmp_path):
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "f.txt").write_bytes(b"f")
+    os.symlink(src, src / "a" / "back")  # a -> back -> src -> a -> ...
+    os.symlink(src / "a", src / "same")  # another name for a: walked, not a loop
+    assert cli("convert", src, tmp_path / "out", "--from", "folder", "-q") == 0
+    assert records_of(tmp_path / "out")[1] == ["a/f.txt", "same/f.txt"]
+
+
 def test_npy_one_record_per_row(tmp_path):
     arr = np.arange(5 * 3 * 4, dtype=np.float32).reshape(5, 3, 4) / 7
     np.save(tmp_path / "a.npy", np.asfortranarray(arr))

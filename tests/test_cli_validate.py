@@ -93,6 +93,22 @@ def test_many_bad_records_found_by_several_workers(tmp_path):
         (f"shard-{i // 30:05d}-of-00003.ffr", i % 30, f"r{i:03d}") for i in bad}
 
 
+def test_one_big_file_is_split_across_workers(tmp_path, monkeypatch):
+    import ffrecord.tools.validate as validate_module
+
+    # "Big" (worth splitting across workers) from 16 KiB on: the file is read as two ranges.
+    monkeypatch.setattr(validate_module, "BATCH_BYTES", 4096)
+    rng = np.random.default_rng(5)
+    records = [rng.bytes(1000) for _ in range(200)]
+    with ffrecord.FileWriter(tmp_path / "one.ffr") as w:
+        for rec in records:
+            w.write_one(rec)
+    flip_inside_record(tmp_path / "one.ffr", records[10])
+    flip_inside_record(tmp_path / "one.ffr", records[190])
+    result = validate([tmp_path / "one.ffr"], workers=2)
+    assert result.records == 200 and [p.index for p in result.problems] == [10, 190]
+
+
 def test_quarantine_lets_readers_skip_bad_records(tmp_path, capsys):
     dst, records = make_dataset(tmp_path)
     flip_inside_record(dst / "shard-00000-of-00003.ffr", records[5])

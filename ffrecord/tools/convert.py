@@ -114,7 +114,7 @@ def convert(src, dst, kind=None, *, shard_size=None, records_per_shard=None, com
         "shards": n_shards,
         "bounds": bounds,
     })
-    dictionary = _dictionary(state, source, inventory, options, bounds) if options["compression"] else None
+    dictionary = _dictionary(state, source, inventory, options) if options["compression"] else None
 
     mine = distributed.owned(range(n_shards), rank, world)
     jobs = [
@@ -253,7 +253,7 @@ def _check_dst(dst, src):
             )
 
 
-def _dictionary(state, source, inventory, options, bounds):
+def _dictionary(state, source, inventory, options):
     choice = options["zstd_dict"]
     if choice is None:
         return None
@@ -317,6 +317,12 @@ def _remove_stale_temporaries(dst, name):
 
 def _finish(state, names, fingerprint):
     """Writes index.json when every shard is recorded; returns (written, missing names)."""
+    # One directory listing tells most ranks that others are still at work, without
+    # reading a record per shard (which, for many ranks and shards, loads a shared filesystem).
+    present = set(os.listdir(state.dst))
+    missing = [n for n in names if n not in present]
+    if missing:
+        return False, missing
     records, missing = state.finished(names, fingerprint)
     if missing:
         return False, missing

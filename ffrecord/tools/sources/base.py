@@ -96,9 +96,17 @@ def walk_sorted(root, exclude=None):
         raise ToolError(f"{e.filename}: cannot list: {e.strerror}")
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=True):
-        dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and os.path.join(dirpath, d) != exclude
-        )
+        here = os.path.realpath(dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            full = os.path.join(dirpath, d)
+            if d.startswith(".") or full == exclude:
+                continue
+            real = os.path.realpath(full)
+            if here == real or here.startswith(real.rstrip(os.sep) + os.sep):
+                continue  # a link back to an ancestor: following it would never end
+            keep.append(d)
+        dirnames[:] = keep
         rel_dir = os.path.relpath(dirpath, root)
         for name in sorted(filenames):
             if name.startswith("."):

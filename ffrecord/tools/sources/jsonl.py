@@ -19,51 +19,40 @@ SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 
 def _line_spans(path):
-    """(starts, lengths) of the non-empty lines of ``path`` (line ending excluded)."""
+    """(starts, lengths) of the non-empty lines of ``path``; a line's length
+    excludes its ending (``\n`` or ``\r\n``)."""
     starts, lengths = [], []
     try:
         with open(path, "rb") as f:
-            base = 0
-            line_start = 0
+            base = 0  # file offset of the chunk
+            line_start = 0  # file offset where the current line began
+            prev_last = 0  # last byte of the previous chunk
             while True:
                 chunk = f.read(_CHUNK)
                 if not chunk:
                     break
-                nl = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10) + base
-                if nl.size:
+                arr = np.frombuffer(chunk, dtype=np.uint8)
+                nl_local = np.flatnonzero(arr == 10)
+                if nl_local.size:
+                    nl = nl_local + base
                     s = np.concatenate(([line_start], nl[:-1] + 1))
+                    n = nl - s
+                    before = np.where(nl_local > 0, arr[np.maximum(nl_local - 1, 0)], prev_last)
+                    n = n - ((before == 13) & (n > 0))  # the '\r' of a '\r\n' ending
                     starts.append(s)
-                    lengths.append(nl - s)
+                    lengths.append(n)
                     line_start = int(nl[-1]) + 1
+                prev_last = int(arr[-1])
                 base += len(chunk)
-            if base > line_start:  # a last line without a newline
-                starts.append(np.array([line_start]))
-                lengths.append(np.array([base - line_start]))
-            s = np.concatenate(starts) if starts else np.empty(0, np.int64)
-            n = np.concatenate(lengths) if lengths else np.empty(0, np.int64)
-            # Drop '\r' of CRLF endings, then empty lines.
-            cr = np.zeros(s.size, dtype=bool)
-            nonempty = np.flatnonzero(n > 0)
-            if nonempty.size:
-                last_bytes = _bytes_at(f, s[nonempty] + n[nonempty] - 1)
-                cr[nonempty] = last_bytes == 13
-            n = n - cr
-            keep = n > 0
-            return s[keep].astype(np.int64), n[keep].astype(np.int64)
     except OSError as e:
         raise ToolError(f"{path}: cannot read: {e.strerror}") from None
-
-
-def _bytes_at(f, positions):
-    """The byte at each position (sorted ascending) of an open file."""
-    out = np.empty(positions.size, dtype=np.uint8)
-    window_start, window = -1, b""
-    for k, p in enumerate(positions.tolist()):
-        if not window_start <= p < window_start + len(window):
-            f.seek(p)
-            window, window_start = f.read(_CHUNK), p
-        out[k] = window[p - window_start]
-    return out
+    if base > line_start:  # a last line without a newline, kept as it is
+        starts.append(np.array([line_start]))
+        lengths.append(np.array([base - line_start]))
+    s = np.concatenate(starts).astype(np.int64) if starts else np.empty(0, np.int64)
+    n = np.concatenate(lengths).astype(np.int64) if lengths else np.empty(0, np.int64)
+    keep = n > 0
+    return s[keep], n[keep]
 
 
 class JsonlSource(Source):
@@ -125,9 +114,8 @@ class JsonlSource(Source):
                         if not line:
                             break
                         remaining -= len(line)
-                        line = line.rstrip(b"\n")
-                        if line.endswith(b"\r"):
-                            line = line[:-1]
+                        if line.endswith(b"\n"):
+                            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
                         if line:
                             got += 1
                             yield line, None
