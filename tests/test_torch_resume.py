@@ -277,3 +277,30 @@ def test_iterable_datasets_load_but_do_not_claim_resume():
         loader.state_dict()
     with pytest.raises(TypeError, match="map-style"):
         loader.load_state_dict({})
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch_size=st.integers(1, 20), drop_last=st.booleans(), shuffle=st.booleans(),
+       epochs_before=st.integers(0, 2), stop=st.integers(0, 60), seed=st.integers(0, 2**62))
+def test_property_resume_equals_uninterrupted(dataset, batch_size, drop_last, shuffle, epochs_before, stop, seed):
+    def make():
+        kw = dict(seed=seed) if shuffle else {}
+        return fft.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, **kw)
+
+    ref = make()
+    for _ in range(epochs_before):
+        run_epoch(ref)
+    full, following = run_epoch(ref), run_epoch(ref)
+    loader = make()
+    for _ in range(epochs_before):
+        run_epoch(loader)
+    it = iter(loader)
+    head = [b.tolist() for _, b in zip(range(min(stop, len(full))), it)]
+    fresh = make()
+    fresh.load_state_dict(roundtrip(loader.state_dict()))
+    assert head + run_epoch(fresh) == full
+    assert run_epoch(fresh) == following

@@ -262,3 +262,41 @@ def test_dataloader_level_elastic_resume_with_lockstep_state(tmp_path):
         x.load_state_dict(state)
     after = [i for x in new for b in x for i in b.tolist()]
     assert sorted(before + after) == list(range(64))
+
+
+# ---- property: any chain of elastic resumes delivers each sample exactly once ----
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def resume_chains(draw):
+    n = draw(st.integers(0, 120))
+    worlds = draw(st.lists(st.integers(1, 6), min_size=2, max_size=4))
+    fractions = draw(st.lists(st.floats(0, 1), min_size=len(worlds) * 6, max_size=len(worlds) * 6))
+    return n, worlds, fractions, draw(st.integers(0, 2**64 - 1)), draw(st.integers(0, 50))
+
+
+@settings(max_examples=60, deadline=None)
+@given(resume_chains())
+def test_property_elastic_chain_exactly_once(chain):
+    n, worlds, fractions, seed, epoch = chain
+    consumed = []
+    states = None
+    fr = iter(fractions)
+    for g, world in enumerate(worlds):
+        samplers = [DistributedSampler(n, num_replicas=world, rank=r, seed=seed, pad=False) for r in range(world)]
+        for s in samplers:
+            s.set_epoch(epoch)
+            if states is not None:
+                s.load_state_dict(states)
+        last = g == len(worlds) - 1
+        new_states = []
+        for s in samplers:
+            share = list(s)
+            k = len(share) if last else int(next(fr) * len(share))
+            consumed.extend(share[:k])
+            new_states.append(s.state_dict(consumed=k))
+        states = new_states
+    assert sorted(consumed) == list(range(n))

@@ -278,8 +278,10 @@ class DataLoader(torch.utils.data.DataLoader):
         }
         run = self._pending if self._pending is not None else self._run
         if run is None or not (run.started or run is self._pending):
-            state.update(epoch=self._epoch_now(), started=False, finished=False, batches=0, samples=0,
-                         sampler=None, replay=None)
+            if run is not None and self._auto_epoch:
+                state["next_epoch"] = run.epoch  # an iteration began but drew nothing yet
+            state.update(epoch=state["next_epoch"] if self._auto_epoch else self._epoch_now(),
+                         started=False, finished=False, batches=0, samples=0, sampler=None, replay=None)
             return state
         ffr = self._ffrecord_sampler()
         state.update(
