@@ -1,4 +1,4 @@
-"""The ``ffrecord`` command: convert, validate, info, cat, pack, unpack.
+"""The ``ffrecord`` command: convert, validate, info, cat, pack, unpack, bench.
 
 Exit status: 0 success, 1 the work failed or found bad data (the message says
 why), 2 a usage error (bad arguments, a missing path, an unknown kind). Errors
@@ -31,7 +31,7 @@ def main(argv=None):
     except SystemExit as e:  # --help, --version, or argparse's own usage error (status 2)
         return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "command", None):
-        print("ffrecord: error: choose a command: convert, validate, info, cat, pack, unpack "
+        print("ffrecord: error: choose a command: convert, validate, info, cat, pack, unpack, bench "
               "(see ffrecord --help)", file=sys.stderr)
         return 2
     try:
@@ -144,6 +144,18 @@ def _info(args):
         for w in d.get("warnings", []):
             print(f"ffrecord: warning: {w}", file=sys.stderr)
         print(info.format_text(d))
+    return 0
+
+
+def _bench(args):
+    from .tools import bench
+
+    result = bench.bench(args.path, batch_size=args.batch_size, seconds=args.seconds, depth=args.depth,
+                         direct=args.direct, check_data=not args.no_check)
+    if args.json:
+        print(json.dumps(vars(result), indent=1, sort_keys=True))
+    else:
+        print(bench.format_text(args.path, result))
     return 0
 
 
@@ -279,6 +291,18 @@ def _parser():
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(run=_unpack)
+
+    p = sub.add_parser("bench", help="measure random batched read throughput of a dataset",
+                       description="Read random batches of PATH for a while, plainly and with prefetch, "
+                                   "and print records/s and MB/s.")
+    p.add_argument("path", metavar="PATH", help="a .ffr file or a dataset directory")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="records per batch (default 256)")
+    p.add_argument("--seconds", type=float, default=4.0, help="measuring time (default 4)")
+    p.add_argument("--depth", type=_positive_int, default=4, help="prefetch depth (default 4)")
+    p.add_argument("--direct", action="store_true", help="read with O_DIRECT (bypass the page cache)")
+    p.add_argument("--no-check", action="store_true", help="skip record checksum verification")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_bench)
     return parser
 
 
