@@ -124,7 +124,7 @@ def _validate(args):
             print(f"updated {q}")
         whole = [p for p in result.problems if p.index is None]
         if args.quarantine and whole:
-            print(f"note: {len(whole)} file-level problem(s) cannot be skipped record by record; "
+            print(f"note: readers of the dataset leave out the {len(whole)} file(s) with file-level problems; "
                   "restore or reconvert those files")
     return 0 if result.ok else 1
 

@@ -7,8 +7,9 @@ without it, the directory's ``*.ffr`` files are read in sorted order.
 
 ``quarantine.json`` in a dataset directory (written by
 ``ffrecord validate --quarantine``) lists records known to be bad as
-``{"records": [{"file": <shard name>, "index": <record index in that file>}, ...]}``;
-readers of the directory skip them.
+``{"records": [{"file": <shard name>, "index": <record index in that file>}, ...]}``
+and files unusable as a whole as ``{"files": [{"file": <shard name>}, ...]}``;
+readers of the directory skip both.
 """
 
 import json
@@ -29,6 +30,7 @@ class Dataset:
     directory: Optional[str] = None
     manifest: Optional[dict] = None
     quarantine: list = field(default_factory=list)
+    skipped_files: list = field(default_factory=list)
 
     def quarantined_records(self, file_starts):
         """Sorted global indices of quarantined records, or None when there are none."""
@@ -91,4 +93,10 @@ def resolve(fnames):
         if not isinstance(q, dict) or not isinstance(q.get("records"), list):
             raise FormatError(f"{qpath}: expected an object with a 'records' list")
         quarantine = q["records"]
-    return Dataset(root=path, paths=paths, directory=path, manifest=manifest, quarantine=quarantine)
+        bad_files = {e.get("file") for e in q.get("files") or [] if isinstance(e, dict)}
+        skipped = [p for p in paths if os.path.basename(p) in bad_files]
+        paths = [p for p in paths if os.path.basename(p) not in bad_files]
+    else:
+        skipped = []
+    return Dataset(root=path, paths=paths, directory=path, manifest=manifest, quarantine=quarantine,
+                   skipped_files=skipped)

@@ -44,12 +44,15 @@ class FileReader:
         self._key_index = None
         self._file_ends = None
         self._skip = self._dataset.quarantined_records(self._file_starts())
-        if self._skip is not None:
+        skipped_files = len(self._dataset.skipped_files)
+        if self._skip is not None or skipped_files:
+            what = [f"{len(self._skip)} quarantined record(s)"] if self._skip is not None else []
+            what += [f"{skipped_files} quarantined file(s)"] if skipped_files else []
             warnings.warn(
-                f"{self._dataset.root}: skipping {len(self._skip)} quarantined record(s) "
-                "listed in quarantine.json",
+                f"{self._dataset.root}: skipping {' and '.join(what)} listed in quarantine.json",
                 stacklevel=2,
             )
+        if self._skip is not None:
             keep = np.ones(self.n, dtype=bool)
             keep[self._skip] = False
             self._visible = np.flatnonzero(keep).astype(np.uint64)

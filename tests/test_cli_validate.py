@@ -238,3 +238,25 @@ def test_garbage_file_is_bad_not_a_crash(tmp_path, capsys):
     (tmp_path / "junk.ffr").write_bytes(b"this is not a record file at all" * 10)
     assert cli("validate", tmp_path / "junk.ffr", "-q") == 1
     assert "not a record file" in capsys.readouterr().out
+
+
+def test_quarantine_lets_readers_leave_out_a_truncated_shard(tmp_path, capsys):
+    dst, records = make_dataset(tmp_path)
+    shard = dst / "shard-00001-of-00003.ffr"
+    with ffrecord.FileReader(shard) as r:
+        n_middle = len(r)
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size - 10)
+    with pytest.raises(ffrecord.FormatError):
+        ffrecord.FileReader(dst)
+    assert cli("validate", dst, "--quarantine", "-q") == 1
+    doc = json.loads((dst / "quarantine.json").read_text())
+    assert [e["file"] for e in doc["files"]] == [shard.name]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = ffrecord.FileReader(dst)
+    messages = [str(w.message) for w in caught if "quarantine" in str(w.message)]
+    assert len(messages) == 1 and "1 quarantined file(s)" in messages[0]
+    with r:  # shards hold 20 records each; the middle one is gone
+        assert n_middle == 20 and len(r) == 40
+        assert [a.tobytes() for a in r.read(range(len(r)))] == records[:20] + records[40:]
