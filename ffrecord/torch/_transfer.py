@@ -50,14 +50,13 @@ class _Ring:
     def __init__(self, slot_bytes):
         self.slot_bytes = slot_bytes
         self.slots = max(2, min(SLOTS, MAX_RING_BYTES // slot_bytes))
-        self.tensor = torch.empty(_HEADER + self.slots * slot_bytes, dtype=torch.uint8).share_memory_()
+        self.tensor = _shared_bytes(_HEADER + self.slots * slot_bytes)
         self.array = self.tensor.numpy()
         self.array[:_HEADER] = 0  # every slot free (fresh shared memory is not zeroed)
         self.base = self.tensor.data_ptr()
         self.id = (os.getpid(), secrets.token_hex(8))
         self.sent = False
         self.retires = None
-        self.next = 0
         self.held = set()  # slots handed out by worker_buffer and not sent yet
 
     def slot_of(self, ptr, nbytes):
@@ -71,15 +70,24 @@ class _Ring:
         return slot, offset
 
     def take(self):
-        """A free slot, flagged as taken, or None."""
+        """The lowest free slot, flagged as taken, or None. Lowest first: the
+        few slots in steady use stay warm (mapped, in cache) and the rest of
+        the ring is never touched."""
         flags = self.array
-        for step in range(self.slots):
-            k = (self.next + step) % self.slots
+        for k in range(self.slots):
             if flags[k] == 0:
                 flags[k] = 1
-                self.next = (k + 1) % self.slots
                 return k
         return None
+
+
+def _shared_bytes(nbytes):
+    """A uint8 tensor in fresh shared memory, its pages untouched until used
+    (``share_memory_()`` would first fill and copy every page)."""
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)  # what default_collate uses
+    if new_shared is None:
+        return torch.empty(nbytes, dtype=torch.uint8).share_memory_()
+    return torch.empty(0, dtype=torch.uint8).set_(new_shared(nbytes))
 
 
 def _slot_size(nbytes):
