@@ -23,6 +23,7 @@ How the position is restored
 """
 
 import collections
+import inspect
 import multiprocessing
 import weakref
 
@@ -34,6 +35,8 @@ from .sampler import DistributedSampler
 
 __all__ = ["DataLoader"]
 
+# torch < 2.6 has no in_order argument (and always delivers in order).
+_TORCH_HAS_IN_ORDER = "in_order" in inspect.signature(torch.utils.data.DataLoader.__init__).parameters
 _STATE_FORMAT = "ffrecord.torch.DataLoader"
 _STATE_VERSION = 1
 _END = object()
@@ -200,7 +203,8 @@ class DataLoader(torch.utils.data.DataLoader):
         if not in_order:
             raise ValueError("ffrecord.torch.DataLoader needs in_order=True to know which batches were consumed")
         auto_epoch = False
-        if shuffle and sampler is None and batch_sampler is None:
+        map_style = not isinstance(dataset, torch.utils.data.IterableDataset)
+        if shuffle and sampler is None and batch_sampler is None and map_style:
             if seed is None:
                 seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
             sampler = DistributedSampler(len(dataset), num_replicas=1, rank=0, shuffle=True, seed=seed)
@@ -212,12 +216,13 @@ class DataLoader(torch.utils.data.DataLoader):
             collate_fn = packed_collate
         if num_workers and multiprocessing_context is None and "fork" in multiprocessing.get_all_start_methods():
             multiprocessing_context = "fork"
+        optional = {"in_order": in_order} if _TORCH_HAS_IN_ORDER else {}
         super().__init__(
             dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, batch_sampler=batch_sampler,
             num_workers=num_workers, collate_fn=collate_fn, pin_memory=pin_memory, drop_last=drop_last,
             timeout=timeout, worker_init_fn=worker_init_fn, multiprocessing_context=multiprocessing_context,
             generator=generator, prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
-            pin_memory_device=pin_memory_device, in_order=in_order,
+            pin_memory_device=pin_memory_device, **optional,
         )
         self._auto_epoch = auto_epoch
         self._next_epoch = 0
