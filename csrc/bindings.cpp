@@ -32,15 +32,33 @@ py::capsule owner_of(std::shared_ptr<Block> block) {
   return py::capsule(holder, [](void* p) { delete static_cast<std::shared_ptr<Block>*>(p); });
 }
 
+// One writable 1-D uint8 view per record, all based on one capsule that owns
+// the block. Built with numpy's C API directly: this runs once per record,
+// and py::array's generic constructor allocates shape and stride vectors and
+// a fresh dtype on every call.
 py::list to_arrays(const Batch& b) {
   py::capsule owner = owner_of(b.block);
   const size_t n = b.offset.size();
   py::list out(n);
   uint8_t* base = b.block->data();
+  auto& api = py::detail::npy_api::get();
+  py::object descr = py::reinterpret_steal<py::object>(api.PyArray_DescrFromType_(py::detail::npy_api::NPY_UBYTE_));
+  if (!descr) throw py::error_already_set();
+  const int flags = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_F_CONTIGUOUS_ |
+                    py::detail::npy_api::NPY_ARRAY_ALIGNED_ | py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
   for (size_t i = 0; i < n; ++i) {
-    py::array arr(py::dtype::of<uint8_t>(), {static_cast<py::ssize_t>(b.length[i])}, {1}, base + b.offset[i],
-                  owner);
-    PyList_SET_ITEM(out.ptr(), static_cast<py::ssize_t>(i), arr.release().ptr());
+    Py_intptr_t shape = static_cast<Py_intptr_t>(b.length[i]);
+    Py_intptr_t stride = 1;
+    Py_INCREF(descr.ptr());  // PyArray_NewFromDescr steals a reference
+    PyObject* arr = api.PyArray_NewFromDescr_(api.PyArray_Type_, descr.ptr(), 1, &shape, &stride,
+                                              base + b.offset[i], flags, nullptr);
+    if (!arr) throw py::error_already_set();
+    Py_INCREF(owner.ptr());  // PyArray_SetBaseObject steals a reference
+    if (api.PyArray_SetBaseObject_(arr, owner.ptr()) != 0) {
+      Py_DECREF(arr);
+      throw py::error_already_set();
+    }
+    PyList_SET_ITEM(out.ptr(), static_cast<py::ssize_t>(i), arr);
   }
   return out;
 }

@@ -1,10 +1,12 @@
 #include "io_engine.h"
 
 #include <linux/io_uring.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
@@ -48,116 +50,123 @@ int pread_fully(int fd, uint8_t* dst, uint64_t off, uint64_t len, uint64_t neede
     }
     if (r == 0) return done >= needed ? kIoOk : kIoEof;
     done += static_cast<uint64_t>(r);
-    // An O_DIRECT read rounded past EOF comes back short; once the needed
-    // bytes are in, stop (a retry at an unaligned offset would fail).
-    if (done >= needed && static_cast<size_t>(r) < want) return kIoOk;
   }
   return kIoOk;
 }
+
+int pread_request(const IoRequest& rq) { return pread_fully(rq.fd, rq.dst, rq.offset, rq.length, rq.needed); }
 
 // ---- pread -------------------------------------------------------------------
 
 class PreadEngine final : public IoEngine {
  public:
   const char* name() const override { return "pread"; }
-  void read_batch(const IoRequest* reqs, size_t n, const IoCompletion& done) override {
-    for (size_t i = 0; i < n; ++i)
-      done(i, pread_fully(reqs[i].fd, reqs[i].dst, reqs[i].offset, reqs[i].length, reqs[i].needed));
+  void read_batch(const IoRequest* reqs, size_t n, IoCompletion done) override {
+    for (size_t i = 0; i < n; ++i) done(i, pread_request(reqs[i]));
   }
 };
 
-// ---- threads -----------------------------------------------------------------
+// ---- the process-wide worker pool ----------------------------------------------
 
-// One batch shared by the caller and the pool workers: each claims the next
-// request with an atomic counter until none is left.
-struct ThreadJob {
-  const IoRequest* reqs;
-  size_t n;
-  const IoCompletion* done;
-  std::atomic<size_t> next{0};
-  std::atomic<size_t> finished{0};
-  std::mutex mu;
-  std::condition_variable cv;
-
-  void work() {
-    for (size_t i; (i = next.fetch_add(1)) < n;) {
-      (*done)(i, pread_fully(reqs[i].fd, reqs[i].dst, reqs[i].offset, reqs[i].length, reqs[i].needed));
-      if (finished.fetch_add(1) + 1 == n) {
-        std::lock_guard<std::mutex> lock(mu);
-        cv.notify_all();
-      }
-    }
-  }
-};
-
-// Process-wide pool of detached workers. Jobs are shared_ptrs, so a worker
-// that wakes up late for a finished job holds it alive and finds nothing left
-// to claim. After fork() the child has no worker threads, so a child builds
+// Detached workers that run PoolTasks. Tasks are shared_ptrs, so a worker
+// that wakes up late for a finished task holds it alive and finds nothing
+// left to do. After fork() the child has no worker threads, so a child builds
 // its own pool (the parent's object is abandoned, never touched, since its
 // mutex may have been copied in a locked state).
 class ThreadPool {
  public:
-  explicit ThreadPool(unsigned threads) {
+  explicit ThreadPool(unsigned threads) : threads_(threads) {
     for (unsigned i = 0; i < threads; ++i) std::thread([this] { loop(); }).detach();
   }
-  void run(const std::shared_ptr<ThreadJob>& job, unsigned helpers) {
+  unsigned size() const { return threads_; }
+  void share(const std::shared_ptr<PoolTask>& task, unsigned helpers) {
+    helpers = std::min(helpers, threads_);
+    if (helpers == 0) return;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      for (unsigned i = 0; i < helpers; ++i) queue_.push_back(job);
+      for (unsigned i = 0; i < helpers; ++i) queue_.push_back(task);
     }
-    cv_.notify_all();
-    job->work();  // the caller works too
-    std::unique_lock<std::mutex> lock(job->mu);
-    job->cv.wait(lock, [&] { return job->finished.load() == job->n; });
+    if (helpers == 1) cv_.notify_one();
+    else cv_.notify_all();
   }
 
  private:
   void loop() {
     for (;;) {
-      std::shared_ptr<ThreadJob> job;
+      std::shared_ptr<PoolTask> task;
       {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait(lock, [&] { return !queue_.empty(); });
-        job = std::move(queue_.front());
+        task = std::move(queue_.front());
         queue_.pop_front();
       }
-      job->work();
+      task->work();
     }
   }
+  const unsigned threads_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::shared_ptr<ThreadJob>> queue_;
+  std::deque<std::shared_ptr<PoolTask>> queue_;
 };
 
-ThreadPool& process_pool(unsigned threads) {
+ThreadPool& process_pool() {
   static std::mutex mu;
   static ThreadPool* pool = nullptr;
   static pid_t owner = 0;
   std::lock_guard<std::mutex> lock(mu);
   pid_t pid = ::getpid();
   if (!pool || owner != pid) {
-    pool = new ThreadPool(threads);  // the pre-fork pool, if any, is leaked on purpose
+    pool = new ThreadPool(default_thread_count());  // the pre-fork pool, if any, is leaked on purpose
     owner = pid;
   }
   return *pool;
 }
 
+// ---- threads -----------------------------------------------------------------
+
+// One batch shared by the caller and the pool workers: each claims the next
+// request with an atomic counter until none is left.
+class ThreadJob final : public PoolTask {
+ public:
+  ThreadJob(const IoRequest* reqs, size_t n, IoCompletion done) : reqs_(reqs), n_(n), done_(done) {}
+  void work() override {
+    for (size_t i; (i = next_.fetch_add(1)) < n_;) {
+      done_(i, pread_request(reqs_[i]));
+      if (finished_.fetch_add(1) + 1 == n_) {
+        std::lock_guard<std::mutex> lock(mu_);
+        cv_.notify_all();
+      }
+    }
+  }
+  void wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return finished_.load() == n_; });
+  }
+
+ private:
+  const IoRequest* reqs_;
+  size_t n_;
+  IoCompletion done_;
+  std::atomic<size_t> next_{0};
+  std::atomic<size_t> finished_{0};
+  std::mutex mu_;
+  std::condition_variable cv_;
+};
+
 class ThreadsEngine final : public IoEngine {
  public:
   explicit ThreadsEngine(unsigned threads) : threads_(threads) {}
   const char* name() const override { return "threads"; }
-  void read_batch(const IoRequest* reqs, size_t n, const IoCompletion& done) override {
+  void read_batch(const IoRequest* reqs, size_t n, IoCompletion done) override {
     if (n == 0) return;
     if (n == 1) {
-      done(0, pread_fully(reqs[0].fd, reqs[0].dst, reqs[0].offset, reqs[0].length, reqs[0].needed));
+      done(0, pread_request(reqs[0]));
       return;
     }
-    auto job = std::make_shared<ThreadJob>();
-    job->reqs = reqs;
-    job->n = n;
-    job->done = &done;
-    unsigned helpers = static_cast<unsigned>(std::min<size_t>(threads_, n - 1));
-    process_pool(threads_).run(job, helpers);
+    auto job = std::make_shared<ThreadJob>(reqs, n, done);
+    process_pool().share(job, static_cast<unsigned>(std::min<size_t>(threads_, n - 1)));
+    job->work();  // the caller works too
+    job->wait();
   }
 
  private:
@@ -176,13 +185,35 @@ int sys_io_uring_enter(int fd, unsigned to_submit, unsigned min_complete, unsign
 template <typename T> T load_acquire(const T* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 template <typename T> void store_release(T* p, T v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 
+// Flags that cut per-request overhead on kernels that know them (5.19+):
+// completions of async reads are run when this thread next enters the
+// kernel instead of interrupting it. Older kernels reject them with EINVAL
+// and get a plain ring.
+#ifdef IORING_SETUP_COOP_TASKRUN
+constexpr unsigned kFastSetupFlags = IORING_SETUP_COOP_TASKRUN;
+#else
+constexpr unsigned kFastSetupFlags = 0;
+#endif
+
+// Requests are submitted in groups of at most this many bytes. Reads of
+// cached pages complete inside the submitting syscall, so each group's
+// completions (and their checksums) run while its bytes are still in the
+// CPU cache; reads that must wait for the device stay queued, and the ring
+// still fills to its full depth.
+constexpr uint64_t kSubmitGroupBytes = uint64_t(512) << 10;
+
 class UringEngine final : public IoEngine {
  public:
   // Throws Error(kIo) with the kernel's errno when a ring cannot be set up.
-  explicit UringEngine(unsigned depth) : depth_(depth) {
+  explicit UringEngine(unsigned depth) {
     io_uring_params p;
     std::memset(&p, 0, sizeof(p));
-    fd_ = sys_io_uring_setup(depth_, &p);
+    p.flags = kFastSetupFlags;
+    fd_ = sys_io_uring_setup(depth, &p);
+    if (fd_ < 0 && errno == EINVAL && kFastSetupFlags) {
+      std::memset(&p, 0, sizeof(p));
+      fd_ = sys_io_uring_setup(depth, &p);
+    }
     if (fd_ < 0) throw Error(ErrorKind::kIo, std::string("io_uring_setup: ") + std::strerror(errno), errno);
     entries_ = p.sq_entries;
     sq_size_ = p.sq_off.array + p.sq_entries * sizeof(unsigned);
@@ -200,7 +231,6 @@ class UringEngine final : public IoEngine {
         ::mmap(nullptr, sqes_size_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd_, IORING_OFF_SQES));
     if (sqes_ == MAP_FAILED) fail_setup("mmap sqes");
     auto* sq = static_cast<uint8_t*>(sq_ptr_);
-    sq_head_ = reinterpret_cast<unsigned*>(sq + p.sq_off.head);
     sq_tail_ = reinterpret_cast<unsigned*>(sq + p.sq_off.tail);
     sq_mask_ = *reinterpret_cast<unsigned*>(sq + p.sq_off.ring_mask);
     sq_array_ = reinterpret_cast<unsigned*>(sq + p.sq_off.array);
@@ -213,37 +243,50 @@ class UringEngine final : public IoEngine {
   ~UringEngine() override { release(); }
 
   const char* name() const override { return "io_uring"; }
+  bool wants_helpers() const override { return true; }
 
-  void read_batch(const IoRequest* reqs, size_t n, const IoCompletion& done) override {
-    progress_.assign(n, 0);
+  void read_batch(const IoRequest* reqs, size_t n, IoCompletion done) override {
+    if (n == 0) return;
+    // Allocate everything before the first request goes out: a bad_alloc
+    // later would leave reads in flight.
+    if (progress_.size() < n) progress_.resize(n);
+    std::fill_n(progress_.begin(), n, 0);
+    retry_.clear();
+    retry_.reserve(n);
+    // Queue depth from the batch: never more in flight than it has requests.
+    const size_t depth = std::min<size_t>(entries_, n);
     size_t next = 0, inflight = 0, completed = 0;
-    std::vector<size_t> retry;  // requests to resubmit (short read, EAGAIN)
-    unsigned to_submit = 0;
+    unsigned unsubmitted = 0;  // SQEs written to the ring, not yet taken by the kernel
     while (completed < n) {
-      // Fill the submission queue up to the depth cap.
-      while (inflight < entries_ && (!retry.empty() || next < n)) {
+      uint64_t group = 0;
+      while (inflight < depth && group < kSubmitGroupBytes && (!retry_.empty() || next < n)) {
         size_t i;
-        if (!retry.empty()) { i = retry.back(); retry.pop_back(); }
-        else i = next++;
-        prep_read(reqs[i], i);
+        if (!retry_.empty()) {
+          i = retry_.back();
+          retry_.pop_back();
+        } else {
+          i = next++;
+        }
+        group += prep_read(reqs[i], i);
         ++inflight;
-        ++to_submit;
+        ++unsubmitted;
       }
-      unsigned want = to_submit;
-      int r = sys_io_uring_enter(fd_, want, 1, IORING_ENTER_GETEVENTS);
+      // Wait only when nothing more can be queued; otherwise submit this
+      // group, run whatever it completed, and come back for the next one.
+      const bool more = inflight < depth && (!retry_.empty() || next < n);
+      const unsigned wait = more ? 0 : 1;
+      int r = sys_io_uring_enter(fd_, unsubmitted, wait, IORING_ENTER_GETEVENTS);
       if (r < 0) {
         // EINTR/EAGAIN/EBUSY: reap what is ready, then submit again.
         if (errno != EINTR && errno != EAGAIN && errno != EBUSY) {
-          // The ring itself failed: drain what is in flight, then fail the rest.
-          int err = errno;
-          drain(reqs, done, inflight, completed, retry, err);
-          for (; next < n; ++next, ++completed) done(next, err);
+          // The ring itself failed: drain what the kernel holds, fail the rest.
+          fail_rest(reqs, done, n, next, inflight, unsubmitted, completed, errno);
           return;
         }
       } else {
-        to_submit -= std::min<unsigned>(to_submit, static_cast<unsigned>(r));
+        unsubmitted -= std::min<unsigned>(unsubmitted, static_cast<unsigned>(r));
       }
-      reap(reqs, done, inflight, completed, retry);
+      reap(reqs, done, inflight, completed);
     }
   }
 
@@ -263,24 +306,26 @@ class UringEngine final : public IoEngine {
     fd_ = -1;
   }
 
-  void prep_read(const IoRequest& rq, size_t i) {
+  // Writes one read SQE for the rest of request i; returns its length.
+  uint64_t prep_read(const IoRequest& rq, size_t i) {
     unsigned tail = *sq_tail_;
     unsigned idx = tail & sq_mask_;
     io_uring_sqe* sqe = &sqes_[idx];
     std::memset(sqe, 0, sizeof(*sqe));
     uint64_t done = progress_[i];
+    uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(rq.length - done, kMaxChunk));
     sqe->opcode = IORING_OP_READ;
     sqe->fd = rq.fd;
     sqe->off = rq.offset + done;
     sqe->addr = reinterpret_cast<uint64_t>(rq.dst + done);
-    sqe->len = static_cast<uint32_t>(std::min<uint64_t>(rq.length - done, kMaxChunk));
+    sqe->len = len;
     sqe->user_data = i;
     sq_array_[idx] = idx;
     store_release(sq_tail_, tail + 1);
+    return len;
   }
 
-  void reap(const IoRequest* reqs, const IoCompletion& done, size_t& inflight, size_t& completed,
-            std::vector<size_t>& retry) {
+  void reap(const IoRequest* reqs, IoCompletion done, size_t& inflight, size_t& completed) {
     unsigned head = *cq_head_;
     unsigned tail = load_acquire(cq_tail_);
     for (; head != tail; ++head) {
@@ -290,7 +335,7 @@ class UringEngine final : public IoEngine {
       --inflight;
       const IoRequest& rq = reqs[i];
       if (res == -EAGAIN || res == -EINTR) {
-        retry.push_back(i);
+        retry_.push_back(i);
       } else if (res < 0) {
         done(i, -res);
         ++completed;
@@ -299,48 +344,75 @@ class UringEngine final : public IoEngine {
         ++completed;
       } else {
         progress_[i] += static_cast<uint64_t>(res);
-        if (progress_[i] >= rq.needed) {  // needed < length only past EOF (O_DIRECT)
+        if (progress_[i] >= rq.length) {
           done(i, kIoOk);
           ++completed;
         } else {
-          retry.push_back(i);  // short read: resubmit the remainder
+          retry_.push_back(i);  // short read: resubmit the remainder
         }
       }
     }
     store_release(cq_head_, head);
   }
 
-  // Waits for every in-flight request after a ring failure.
-  void drain(const IoRequest* reqs, const IoCompletion& done, size_t& inflight, size_t& completed,
-             std::vector<size_t>& retry, int err) {
+  // After the ring failed with `err`: SQEs the kernel never took are taken
+  // back, what it holds is waited for (no I/O may outlive the batch), and
+  // every request not yet completed fails with `err`.
+  void fail_rest(const IoRequest* reqs, IoCompletion done, size_t n, size_t next, size_t& inflight,
+                 unsigned unsubmitted, size_t& completed, int err) {
+    store_release(sq_tail_, *sq_tail_ - unsubmitted);
+    inflight -= unsubmitted;
     while (inflight > 0) {
       int r = sys_io_uring_enter(fd_, 0, 1, IORING_ENTER_GETEVENTS);
-      if (r < 0 && errno != EINTR && errno != EAGAIN) break;
-      reap(reqs, done, inflight, completed, retry);
+      if (r < 0 && errno != EINTR && errno != EAGAIN && errno != EBUSY) break;
+      reap(reqs, done, inflight, completed);
     }
-    for (size_t i : retry) { done(i, err); ++completed; }
-    retry.clear();
+    // Whatever is left (never submitted, taken back, or to be retried) fails.
+    std::vector<bool> finished(n, true);
+    for (size_t i = next; i < n; ++i) finished[i] = false;
+    for (size_t i : retry_) finished[i] = false;
+    for (unsigned k = 0; k < unsubmitted; ++k) {
+      unsigned idx = (*sq_tail_ + k) & sq_mask_;
+      finished[static_cast<size_t>(sqes_[idx].user_data)] = false;
+    }
+    retry_.clear();
+    for (size_t i = 0; i < n; ++i)
+      if (!finished[i]) {
+        done(i, err);
+        ++completed;
+      }
   }
 
-  unsigned depth_;
   unsigned entries_ = 0;
   int fd_ = -1;
   void* sq_ptr_ = nullptr;
   void* cq_ptr_ = nullptr;
   size_t sq_size_ = 0, cq_size_ = 0, sqes_size_ = 0;
   io_uring_sqe* sqes_ = nullptr;
-  unsigned *sq_head_ = nullptr, *sq_tail_ = nullptr, *sq_array_ = nullptr;
+  unsigned *sq_tail_ = nullptr, *sq_array_ = nullptr;
   unsigned sq_mask_ = 0;
   unsigned *cq_head_ = nullptr, *cq_tail_ = nullptr;
   unsigned cq_mask_ = 0;
   io_uring_cqe* cqes_ = nullptr;
-  std::vector<uint64_t> progress_;
+  std::vector<uint64_t> progress_;  // bytes read so far, per request
+  std::vector<size_t> retry_;       // requests to resubmit (short read, EAGAIN)
 };
 
 }  // namespace
 
-unsigned default_queue_depth() { return env_unsigned("FFRECORD_QUEUE_DEPTH", 64, 1, 4096); }
+unsigned default_queue_depth() { return env_unsigned("FFRECORD_QUEUE_DEPTH", 128, 1, 4096); }
 unsigned default_thread_count() { return env_unsigned("FFRECORD_THREADS", 8, 1, 256); }
+unsigned default_read_helpers() { return env_unsigned("FFRECORD_READ_HELPERS", 1, 0, 64); }
+
+void share_with_pool(const std::shared_ptr<PoolTask>& task, unsigned helpers) {
+  process_pool().share(task, helpers);
+}
+
+unsigned usable_cpus() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
 
 EngineKind engine_kind_from_env() {
   const char* v = std::getenv("FFRECORD_ENGINE");

@@ -13,9 +13,9 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
 
 namespace ffrecord {
 
@@ -35,7 +35,21 @@ inline constexpr int kIoEof = -1;  // the file ended before `needed` bytes
 // Called once per request, possibly from an engine thread and possibly while
 // other requests of the batch are still in flight: checksum work overlaps I/O.
 // `err` is kIoOk, kIoEof or a positive errno. Must not throw.
-using IoCompletion = std::function<void(size_t request, int err)>;
+//
+// A non-owning reference to a callable `void(size_t request, int err)` (the
+// callable must outlive read_batch); cheaper than std::function on a path
+// that runs once per record.
+class IoCompletion {
+ public:
+  template <typename F, typename = std::enable_if_t<!std::is_same_v<std::decay_t<F>, IoCompletion>>>
+  IoCompletion(F& f)  // NOLINT: implicit on purpose, like a function_ref
+      : ctx_(&f), call_([](void* c, size_t r, int e) { (*static_cast<F*>(c))(r, e); }) {}
+  void operator()(size_t request, int err) const { call_(ctx_, request, err); }
+
+ private:
+  void* ctx_;
+  void (*call_)(void*, size_t, int);
+};
 
 class IoEngine {
  public:
@@ -43,7 +57,12 @@ class IoEngine {
   virtual const char* name() const = 0;
   // Reads every request, calling `done` once per request, and returns only
   // when all requests have completed (no I/O is left in flight).
-  virtual void read_batch(const IoRequest* reqs, size_t n, const IoCompletion& done) = 0;
+  virtual void read_batch(const IoRequest* reqs, size_t n, IoCompletion done) = 0;
+  // True when a Reader should let a pool helper read part of a large batch
+  // through a second engine of this kind (io_uring: the batch's copies and
+  // checksums then use two CPUs). The naive pread engine and the threads
+  // engine, which is parallel already, say no.
+  virtual bool wants_helpers() const { return false; }
 };
 
 enum class EngineKind { kAuto, kPread, kThreads, kIoUring };
@@ -56,9 +75,29 @@ EngineKind engine_kind_from_env();
 // kernel refuses throws Error(kIo).
 std::unique_ptr<IoEngine> make_engine(EngineKind kind, std::string* fallback_reason);
 
-// Queue depth for io_uring and worker count for threads (FFRECORD_QUEUE_DEPTH,
-// FFRECORD_THREADS override the defaults).
+// The most requests io_uring keeps in flight (the ring size; a batch of fewer
+// requests runs at its own size) and the worker count of the threads engine.
+// FFRECORD_QUEUE_DEPTH and FFRECORD_THREADS override the defaults.
 unsigned default_queue_depth();
 unsigned default_thread_count();
+// Pool helpers that may join one large batch read (FFRECORD_READ_HELPERS,
+// default 1, 0 turns them off); never more than the usable CPUs minus one.
+unsigned default_read_helpers();
+
+// Work shared between a calling thread and helpers from the process-wide
+// worker pool (the one the threads engine uses). work() may be called by any
+// number of threads, also late, after the caller has moved on: a task must
+// keep what it touches alive or find nothing left to do.
+class PoolTask {
+ public:
+  virtual ~PoolTask() = default;
+  virtual void work() = 0;
+};
+
+// Queues `task` for up to `helpers` pool workers and returns at once.
+void share_with_pool(const std::shared_ptr<PoolTask>& task, unsigned helpers);
+
+// CPUs this process may run on (sched_getaffinity), at least 1.
+unsigned usable_cpus();
 
 }  // namespace ffrecord

@@ -3,7 +3,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
+#include <new>
 
 #include "crc.h"
 #include "error.h"
@@ -12,24 +17,89 @@ namespace ffrecord {
 
 namespace {
 
-// A request reads records [first, first + count) of the batch (positions in
-// request order). Adjacent records of one file are merged into one request.
-struct Span {
-  size_t first;
-  size_t count;
-};
-
 constexpr uint64_t kDirectAlign = 4096;
 constexpr uint64_t kMergeLimit = uint64_t(4) << 20;
 constexpr int kBadChecksum = -2;  // record error code beside kIoOk/kIoEof/errno
+// A batch this large has enough work to pay for waking a helper. It is cut
+// into chunks of requests that the caller and the helpers claim in turn, so a
+// helper that starts late (a busy machine) costs nothing: about eight chunks,
+// each of at least 256 KiB (64 small records still keep a cold disk busy)
+// and at most 4 MiB.
+constexpr uint64_t kHelperMinBytes = uint64_t(256) << 10;
+constexpr uint64_t kMinChunkBytes = uint64_t(256) << 10;
+constexpr uint64_t kMaxChunkBytes = uint64_t(4) << 20;
+constexpr uint64_t kChunksPerBatch = 8;
 
 uint64_t align_down(uint64_t x) { return x / kDirectAlign * kDirectAlign; }
 uint64_t align_up(uint64_t x) { return (x + kDirectAlign - 1) / kDirectAlign * kDirectAlign; }
 
+bool verify(const RecordFile& f, const RecordEntry& e, const uint8_t* data) {
+  if (f.version() == 2) return record_crc(data, e.length, e.flags) == e.crc;
+  return crc32_ieee(data, e.length) == e.crc;
+}
+
+// One record of a batch, and where its bytes land.
+struct Slot {
+  RecordEntry entry;
+  uint64_t local;  // index within its file, for messages
+  uint64_t pos;    // offset in the block (or, for read_into, unused)
+  uint8_t* ptr;
+  uint32_t file;
+  int error;
+};
+
+// Records [first, first + count) of the batch, filled by one request.
+struct Run {
+  size_t first;
+  size_t count;
+};
+
+}  // namespace
+
+// Everything one batch needs while the engine runs. Kept per thread and
+// reused, so a batch read allocates only its block and its result vectors.
+struct Reader::Plan {
+  std::vector<Slot> slots;
+  std::vector<Run> runs;
+  std::vector<IoRequest> reqs;
+  uint64_t bytes = 0;  // block size
+
+  void clear() {
+    slots.clear();
+    runs.clear();
+    reqs.clear();
+    bytes = 0;
+  }
+  // Gives back the memory of an unusually large batch.
+  void trim() {
+    if (slots.capacity() > (size_t(1) << 16)) *this = Plan();
+  }
+};
+
+namespace {
+
+// Throws for the first failed record in request order. Messages name the file
+// and the record's index in it, plus the dataset index when there are shards.
+void raise_first_error(const std::vector<Slot>& slots, const std::vector<std::unique_ptr<RecordFile>>& files,
+                       const uint64_t* indices) {
+  for (size_t i = 0; i < slots.size(); ++i) {
+    int err = slots[i].error;
+    if (err == kIoOk) continue;
+    const RecordFile& f = *files[slots[i].file];
+    std::string rec = std::to_string(slots[i].local);
+    if (files.size() > 1) rec += " (dataset index " + std::to_string(indices[i]) + ")";
+    if (err == kBadChecksum)
+      throw Error(ErrorKind::kChecksum, f.path() + ": checksum mismatch in record " + rec);
+    if (err == kIoEof)
+      throw_format(f.path(), "file is shorter than its index says (truncated?) while reading record " + rec);
+    throw_io(f.path(), "read failed for record " + rec, err);
+  }
+}
+
 }  // namespace
 
 Reader::Reader(const std::vector<std::string>& paths, ReaderOptions options)
-    : options_(options), kind_(engine_kind_from_env()) {
+    : options_(options), kind_(engine_kind_from_env()), cpus_(usable_cpus()) {
   files_.reserve(paths.size());
   for (const auto& p : paths) {
     files_.push_back(RecordFile::open(p));
@@ -93,165 +163,228 @@ std::string Reader::fallback_reason() const {
   return fallback_reason_;
 }
 
-namespace {
-
-// Everything one batch needs while the engine runs; the completion callback
-// writes only the error slots of its own records, so it needs no lock.
-struct BatchState {
-  std::vector<size_t> file;
-  std::vector<RecordEntry> entry;
-  std::vector<uint64_t> local;  // index within its file, for messages
-  std::vector<uint8_t*> ptr;
-  std::vector<int> error;
-  std::vector<Span> spans;
-  std::vector<IoRequest> reqs;
-};
-
-bool verify(const RecordFile& f, const RecordEntry& e, const uint8_t* data) {
-  if (f.version() == 2) return record_crc(data, e.length, e.flags) == e.crc;
-  return crc32_ieee(data, e.length) == e.crc;
-}
-
-}  // namespace
-
-namespace {
-
-// Throws for the first failed record in request order. Messages name the file
-// and the record's index in it, plus the dataset index when there are shards.
-void raise_first_error(const BatchState& st, const std::vector<std::unique_ptr<RecordFile>>& files,
-                       const uint64_t* indices) {
-  for (size_t i = 0; i < st.error.size(); ++i) {
-    int err = st.error[i];
-    if (err == kIoOk) continue;
-    const RecordFile& f = *files[st.file[i]];
-    std::string rec = std::to_string(st.local[i]);
-    if (files.size() > 1) rec += " (dataset index " + std::to_string(indices[i]) + ")";
-    if (err == kBadChecksum)
-      throw Error(ErrorKind::kChecksum, f.path() + ": checksum mismatch in record " + rec);
-    if (err == kIoEof)
-      throw_format(f.path(), "file is shorter than its index says (truncated?) while reading record " + rec);
-    throw_io(f.path(), "read failed for record " + rec, err);
-  }
-}
-
-}  // namespace
-
-Batch Reader::read(const uint64_t* indices, size_t n) const {
-  BatchState st;
-  st.file.resize(n);
-  st.entry.resize(n);
-  st.local.resize(n);
-  st.ptr.resize(n);
-  st.error.assign(n, kIoOk);
-  Batch out;
-  out.offset.resize(n);
-  out.length.resize(n);
-  out.flags.resize(n);
+// Locates every record and lays the batch out in one block: slot.pos is where
+// a record's bytes will be, plan.reqs[r] (with dst relative to the block,
+// fixed up once it exists) reads run r. With `merge`, a record that follows
+// the previous one in the same file joins its request. Empty records need no
+// I/O and are checked here.
+void Reader::plan_batch(Plan& plan, const uint64_t* indices, size_t n, bool merge) const {
   const bool direct = options_.direct;
-
+  plan.clear();
+  plan.slots.resize(n);
   uint64_t total = 0;
+  uint64_t run_end = 0;      // file offset where the open run's records end
+  bool run_open = false;
+  int direct_fd = -1;
+  size_t direct_file = SIZE_MAX;
   for (size_t i = 0; i < n; ++i) {
     auto [f, local] = locate(indices[i]);
-    const RecordEntry e = files_[f]->entry(local);
-    st.file[i] = f;
-    st.entry[i] = e;
-    st.local[i] = local;
-    out.length[i] = e.length;
-    out.flags[i] = e.flags;
-    if (direct && e.length) {
-      uint64_t a = align_down(e.offset);
-      out.offset[i] = total + (e.offset - a);
-      total += align_up(e.offset + e.length) - a;
-    } else {
-      out.offset[i] = total;
-      total += e.length;
-    }
-  }
-  out.block = allocate_block(total);
-  uint8_t* base = out.block->data();
-
-  for (size_t i = 0; i < n; ++i) {
-    const RecordEntry& e = st.entry[i];
-    st.ptr[i] = base + out.offset[i];
+    Slot& s = plan.slots[i];
+    s.entry = files_[f]->entry(local);
+    s.local = local;
+    s.file = static_cast<uint32_t>(f);
+    s.error = kIoOk;
+    s.ptr = nullptr;
+    const RecordEntry& e = s.entry;
     if (e.length == 0) {
-      if (options_.check_data && !verify(*files_[st.file[i]], e, base)) st.error[i] = kBadChecksum;
+      s.pos = total;
+      static const uint8_t nothing = 0;
+      if (options_.check_data && !verify(*files_[f], e, &nothing)) s.error = kBadChecksum;
+      run_open = false;
       continue;
     }
-    RecordFile& f = *files_[st.file[i]];
-    if (direct) {
-      uint64_t a = align_down(e.offset);
-      st.reqs.push_back({f.direct_fd(), a, align_up(e.offset + e.length) - a, e.offset + e.length - a,
-                         st.ptr[i] - (e.offset - a)});
-      st.spans.push_back({i, 1});
-      continue;
-    }
-    if (!st.spans.empty()) {
-      Span& last = st.spans.back();
-      IoRequest& rq = st.reqs.back();
-      size_t j = last.first + last.count - 1;
-      if (j + 1 == i && st.file[j] == st.file[i] && st.entry[j].offset + st.entry[j].length == e.offset &&
-          rq.length + e.length <= kMergeLimit) {
-        rq.length += e.length;
-        rq.needed = rq.length;
-        ++last.count;
+    if (merge && run_open && plan.slots[i - 1].file == f && e.offset == run_end) {
+      IoRequest& rq = plan.reqs.back();
+      if (run_end + e.length - rq.offset <= kMergeLimit) {
+        s.pos = reinterpret_cast<uint64_t>(rq.dst) + (e.offset - rq.offset);
+        run_end += e.length;
+        rq.needed = run_end - rq.offset;
+        rq.length = direct ? align_up(run_end) - rq.offset : rq.needed;
+        total = reinterpret_cast<uint64_t>(rq.dst) + rq.length;
+        ++plan.runs.back().count;
         continue;
       }
     }
-    st.reqs.push_back({f.fd(), e.offset, e.length, e.length, st.ptr[i]});
-    st.spans.push_back({i, 1});
+    int fd;
+    uint64_t start;
+    if (direct) {
+      if (direct_file != f) {
+        direct_fd = files_[f]->direct_fd();
+        direct_file = f;
+      }
+      fd = direct_fd;
+      start = align_down(e.offset);
+    } else {
+      fd = files_[f]->fd();
+      start = e.offset;
+    }
+    run_end = e.offset + e.length;
+    uint64_t length = direct ? align_up(run_end) - start : e.length;
+    // dst holds the request's offset in the block until the block exists.
+    plan.reqs.push_back({fd, start, length, run_end - start, reinterpret_cast<uint8_t*>(total)});
+    plan.runs.push_back({i, 1});
+    s.pos = total + (e.offset - start);
+    total += length;
+    run_open = true;
+  }
+  plan.bytes = total;
+}
+
+namespace {
+
+// Marks the records of run r as read with `err` and checks their bytes.
+void finish_run(Slot* slots, const Run& run, int err, bool check,
+                const std::vector<std::unique_ptr<RecordFile>>& files) {
+  for (size_t k = run.first; k < run.first + run.count; ++k) {
+    Slot& s = slots[k];
+    if (err != kIoOk) s.error = err;
+    else if (check && !verify(*files[s.file], s.entry, s.ptr)) s.error = kBadChecksum;
+  }
+}
+
+}  // namespace
+
+// The requests of one batch cut into chunks; whoever claims a chunk (the
+// caller or a pool helper) reads it through an engine of its own and checks
+// each run in the completion callback, right after its bytes arrived and
+// while later requests of the chunk are still in flight.
+class Reader::BatchJob final : public PoolTask {
+ public:
+  BatchJob(const Reader& reader, Plan& plan, size_t chunks) : reader_(reader), plan_(plan) {
+    // Chunk boundaries at about equal byte counts.
+    const size_t n = plan.reqs.size();
+    chunks = std::max<size_t>(1, std::min(chunks, n));
+    bounds_.push_back(0);
+    uint64_t acc = 0, total = 0;
+    for (const IoRequest& rq : plan.reqs) total += rq.length;
+    for (size_t r = 0; r < n && bounds_.size() < chunks; ++r) {
+      acc += plan.reqs[r].length;
+      if (acc * chunks >= total * bounds_.size()) bounds_.push_back(r + 1);
+    }
+    if (bounds_.back() != n) bounds_.push_back(n);
   }
 
-  const bool check = options_.check_data;
-  IoCompletion done = [&](size_t r, int err) {
-    const Span& s = st.spans[r];
-    for (size_t k = s.first; k < s.first + s.count; ++k) {
-      if (err != kIoOk) st.error[k] = err;
-      else if (check && !verify(*files_[st.file[k]], st.entry[k], st.ptr[k])) st.error[k] = kBadChecksum;
+  // Called by helpers, possibly late: once the caller has closed the job, a
+  // helper touches neither the reader nor the plan; before that, the caller
+  // waits for every helper that joined.
+  void work() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (closed_ || next_.load() >= chunks()) return;
+      ++active_;
     }
-  };
+    std::unique_ptr<IoEngine> engine;
+    try {
+      engine = reader_.acquire_engine();
+    } catch (...) {
+      // No second engine (e.g. no memory for another ring): the caller reads it all.
+    }
+    if (engine) {
+      run_chunks(*engine);
+      reader_.release_engine(std::move(engine));
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    --active_;
+    cv_.notify_all();
+  }
+
+  // The caller's share: claims chunks until none is left, then waits for
+  // the chunks and helpers still at work.
+  void run(IoEngine& engine) {
+    run_chunks(engine);
+    std::unique_lock<std::mutex> lock(mu_);
+    closed_ = true;
+    cv_.wait(lock, [&] { return finished_ == chunks() && active_ == 0; });
+  }
+
+  size_t chunks() const { return bounds_.size() - 1; }
+
+ private:
+  void run_chunks(IoEngine& engine) {
+    const bool check = reader_.options_.check_data;
+    for (size_t c; (c = next_.fetch_add(1)) < chunks();) {
+      const size_t lo = bounds_[c], hi = bounds_[c + 1];
+      Slot* slots = plan_.slots.data();
+      const Run* runs = plan_.runs.data() + lo;
+      auto done = [&](size_t r, int err) { finish_run(slots, runs[r], err, check, reader_.files_); };
+      try {
+        engine.read_batch(plan_.reqs.data() + lo, hi - lo, done);
+      } catch (const std::bad_alloc&) {
+        // Engines allocate only before their first request goes out, so
+        // nothing of this chunk is in flight: it fails as a whole.
+        for (size_t r = 0; r < hi - lo; ++r) finish_run(slots, runs[r], ENOMEM, false, reader_.files_);
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      if (++finished_ == chunks()) cv_.notify_all();
+    }
+  }
+
+  const Reader& reader_;
+  Plan& plan_;
+  std::vector<size_t> bounds_;  // chunk c is requests [bounds_[c], bounds_[c+1])
+  std::atomic<size_t> next_{0};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  size_t finished_ = 0;  // chunks read
+  unsigned active_ = 0;  // helpers inside work()
+  bool closed_ = false;  // the caller is done claiming; late helpers stay out
+};
+
+// Runs the planned requests (dst already absolute) and throws for the first
+// bad record.
+void Reader::execute(Plan& plan, const uint64_t* indices) const {
   auto engine = acquire_engine();
-  engine->read_batch(st.reqs.data(), st.reqs.size(), done);
+  unsigned helpers = 0;
+  if (engine->wants_helpers() && plan.bytes >= kHelperMinBytes && plan.reqs.size() >= 4)
+    helpers = std::min(default_read_helpers(), cpus_ - 1);
+  size_t chunks = 1;
+  if (helpers > 0) {
+    uint64_t chunk = std::clamp(plan.bytes / kChunksPerBatch, kMinChunkBytes, kMaxChunkBytes);
+    chunks = static_cast<size_t>((plan.bytes + chunk - 1) / chunk);
+  }
+  auto job = std::make_shared<BatchJob>(*this, plan, chunks);
+  if (helpers > 0 && job->chunks() > 1) share_with_pool(job, helpers);
+  job->run(*engine);
   release_engine(std::move(engine));
-  raise_first_error(st, files_, indices);
+  raise_first_error(plan.slots, files_, indices);
+}
+
+Batch Reader::read(const uint64_t* indices, size_t n) const {
+  thread_local Plan plan;
+  plan_batch(plan, indices, n, /*merge=*/true);
+  Batch out;
+  out.block = allocate_block(plan.bytes);
+  uint8_t* base = out.block->data();
+  for (IoRequest& rq : plan.reqs) rq.dst = base + reinterpret_cast<uint64_t>(rq.dst);
+  out.offset.resize(n);
+  out.length.resize(n);
+  out.flags.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    Slot& s = plan.slots[i];
+    s.ptr = base + s.pos;
+    out.offset[i] = s.pos;
+    out.length[i] = s.entry.length;
+    out.flags[i] = s.entry.flags;
+  }
+  execute(plan, indices);
+  plan.trim();
   return out;
 }
 
 void Reader::read_into(const uint64_t* indices, size_t n, uint8_t* const* dst) const {
   if (options_.direct) {
-    // O_DIRECT needs aligned destinations: read through a bounce block.
+    // O_DIRECT needs aligned destinations: read through a block, then copy.
     Batch b = read(indices, n);
     for (size_t i = 0; i < n; ++i) std::memcpy(dst[i], b.block->data() + b.offset[i], b.length[i]);
     return;
   }
-  BatchState st;
-  st.file.resize(n);
-  st.entry.resize(n);
-  st.local.resize(n);
-  st.ptr.assign(dst, dst + n);
-  st.error.assign(n, kIoOk);
-  for (size_t i = 0; i < n; ++i) {
-    auto [f, local] = locate(indices[i]);
-    st.file[i] = f;
-    st.entry[i] = files_[f]->entry(local);
-    st.local[i] = local;
-    const RecordEntry& e = st.entry[i];
-    if (e.length == 0) {
-      if (options_.check_data && !verify(*files_[f], e, dst[i])) st.error[i] = kBadChecksum;
-      continue;
-    }
-    st.reqs.push_back({files_[f]->fd(), e.offset, e.length, e.length, dst[i]});
-    st.spans.push_back({i, 1});
-  }
-  const bool check = options_.check_data;
-  IoCompletion done = [&](size_t r, int err) {
-    size_t k = st.spans[r].first;
-    if (err != kIoOk) st.error[k] = err;
-    else if (check && !verify(*files_[st.file[k]], st.entry[k], st.ptr[k])) st.error[k] = kBadChecksum;
-  };
-  auto engine = acquire_engine();
-  engine->read_batch(st.reqs.data(), st.reqs.size(), done);
-  release_engine(std::move(engine));
-  raise_first_error(st, files_, indices);
+  thread_local Plan plan;
+  // Each record has its own destination, so no two share a request.
+  plan_batch(plan, indices, n, /*merge=*/false);
+  for (size_t r = 0; r < plan.runs.size(); ++r) plan.reqs[r].dst = dst[plan.runs[r].first];
+  for (size_t i = 0; i < n; ++i) plan.slots[i].ptr = dst[i];
+  execute(plan, indices);
+  plan.trim();
 }
 
 }  // namespace ffrecord

@@ -6,6 +6,15 @@
 // before fork() never lets the child touch the parent's io_uring (the child
 // builds its own engines; reads use pread-style offsets, so no file position
 // is shared either).
+//
+// The read path of one batch: every record is located in the memory-mapped
+// index; records that follow each other both in the batch and in the file
+// are merged into one request (up to 4 MiB); the whole batch lands in one
+// block from the buffer pool; and each request's records are verified as
+// soon as it completes, while later requests are still in flight. A batch of
+// at least 256 KiB read through io_uring is cut into chunks that the caller
+// and a pool helper (FFRECORD_READ_HELPERS) claim in turn, each through its
+// own ring, so copies and checksums run on two CPUs where the machine has them.
 #pragma once
 
 #include <sys/types.h>
@@ -24,12 +33,14 @@ namespace ffrecord {
 
 struct ReaderOptions {
   bool check_data = true;  // verify each record's checksum after reading
-  bool direct = false;     // O_DIRECT reads through aligned bounce spans
+  bool direct = false;     // O_DIRECT reads into 4 KiB-aligned spans of the block
 };
 
-// The result of a batch read: one block, record i at block->data() + offset[i].
-// In buffered mode the records are packed back to back in request order, so
-// the block holds exactly sum(length) bytes of payload.
+// The result of a batch read: one block, record i at block->data() + offset[i]
+// with length[i] bytes. Offsets increase with i (records keep request order).
+// Buffered reads pack the records back to back, so the block holds exactly
+// sum(length) bytes of payload; O_DIRECT reads leave each record inside the
+// aligned span it was read with (no copy), so there are gaps between records.
 struct Batch {
   std::shared_ptr<Block> block;
   std::vector<uint64_t> offset;
@@ -54,10 +65,12 @@ class Reader {
   // Reads the records `indices` (each < size(), any order, repeats allowed)
   // as one batch. Throws Error: kChecksum naming the file and record,
   // kFormat when a file turned out shorter than its index, kIo with errno.
+  // When it throws, no I/O of the batch is still in flight.
   Batch read(const uint64_t* indices, size_t n) const;
 
   // Reads record indices[i] into dst[i], which must hold at least its
-  // length (see entry()). No intermediate copy in buffered mode.
+  // length (see entry()). Buffered mode reads straight into dst (no
+  // intermediate copy); O_DIRECT mode reads through an aligned block.
   void read_into(const uint64_t* indices, size_t n, uint8_t* const* dst) const;
 
   RecordEntry entry(uint64_t index) const;
@@ -68,6 +81,10 @@ class Reader {
   std::string fallback_reason() const;
 
  private:
+  struct Plan;
+  class BatchJob;
+  void plan_batch(Plan& plan, const uint64_t* indices, size_t n, bool merge) const;
+  void execute(Plan& plan, const uint64_t* indices) const;
   std::unique_ptr<IoEngine> acquire_engine() const;
   void release_engine(std::unique_ptr<IoEngine> engine) const;
 
@@ -77,6 +94,7 @@ class Reader {
   ReaderOptions options_;
   bool has_codec_ = false;
   EngineKind kind_;
+  unsigned cpus_ = 1;
 
   mutable std::mutex engines_mu_;
   mutable std::vector<std::unique_ptr<IoEngine>> idle_engines_;
