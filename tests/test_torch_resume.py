@@ -7,6 +7,8 @@ import sys
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
 from torch.utils.data import DistributedSampler as TorchDistributedSampler
 
@@ -277,10 +279,6 @@ def test_iterable_datasets_load_but_do_not_claim_resume():
         loader.state_dict()
     with pytest.raises(TypeError, match="map-style"):
         loader.load_state_dict({})
-
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=40, deadline=None)

@@ -6,6 +6,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ffrecord.torch import DataLoader, DistributedSampler, RecordDataset
 from ffrecord.torch.sampler import epoch_order
@@ -125,12 +127,10 @@ def test_same_world_resume_continues_each_share():
     n = 60
     old = make(n, 3, pad=False)
     full = [list(s) for s in old]
-    for s, k in zip(old, [7, 7, 7]):
-        list(s)
     states = [s.state_dict(consumed=7) for s in old]
     new = make(n, 3, pad=False)
-    for s, st in zip(new, states):
-        s.load_state_dict(st)
+    for s, state in zip(new, states):
+        s.load_state_dict(state)
         assert s.start_offset == 7 and len(s) == 13
     assert [list(s) for s in new] == [f[7:] for f in full]
     # The resume is for one iteration; the next one repeats the epoch from its start.
@@ -266,8 +266,6 @@ def test_dataloader_level_elastic_resume_with_lockstep_state(tmp_path):
 
 # ---- property: any chain of elastic resumes delivers each sample exactly once ----
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 @st.composite
