@@ -39,6 +39,9 @@ WritePiece piece_of(const py::handle& obj, py::buffer_info& info) {
   return {static_cast<const uint8_t*>(info.ptr), static_cast<uint64_t>(info.size * info.itemsize)};
 }
 
+using U64Array = py::array_t<uint64_t, py::array::c_style | py::array::forcecast>;
+using U32Array = py::array_t<uint32_t, py::array::c_style | py::array::forcecast>;
+
 template <typename T>
 py::array_t<T> to_array(const std::vector<T>& v) {
   py::array_t<T> out(static_cast<py::ssize_t>(v.size()));
@@ -95,6 +98,38 @@ void bind_checkpoint(py::module_& m) {
       .def_property_readonly("size", &CheckpointFileWriter::size)
       .def_property_readonly("path", &CheckpointFileWriter::path);
 
+  py::class_<CheckpointFileReader>(m, "CheckpointFileReader")
+      .def(py::init([](const std::string& path) {
+             py::gil_scoped_release nogil;
+             return std::make_unique<CheckpointFileReader>(path);
+           }),
+           py::arg("path"))
+      .def_property_readonly("records", &CheckpointFileReader::records)
+      .def("record_length",
+           [](const CheckpointFileReader& r, uint64_t i) {
+             if (i >= r.records()) throw py::index_error("record index out of range");
+             return r.record_length(i);
+           })
+      .def(
+          "read_verified",
+          [](CheckpointFileReader& r, const U64Array& records, const U64Array& offsets, const U64Array& lengths,
+             const U32Array& crcs, const U64Array& addresses) {
+            const auto n = records.size();
+            if (offsets.size() != n || lengths.size() != n || crcs.size() != n || addresses.size() != n)
+              throw py::value_error("read_verified needs equally long arrays");
+            std::vector<ReadPart> parts(static_cast<size_t>(n));
+            for (py::ssize_t i = 0; i < n; ++i) {
+              uint64_t address = addresses.data()[i];
+              if (!address && lengths.data()[i]) throw py::value_error("null destination address");
+              parts[i] = {records.data()[i], offsets.data()[i], lengths.data()[i], crcs.data()[i],
+                          reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(address))};
+            }
+            py::gil_scoped_release nogil;
+            return r.read_verified(parts.data(), parts.size());
+          },
+          py::arg("records"), py::arg("offsets"), py::arg("lengths"), py::arg("crcs"), py::arg("addresses"),
+          "Reads parts of records into caller-owned memory at `addresses` (private: the caller guarantees "
+          "each holds `lengths[i]` bytes), verifying each CRC32C; returns the first mismatching part or -1.");
   m.def(
       "sync_path",
       [](const std::string& path, bool directory) {

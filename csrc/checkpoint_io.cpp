@@ -13,6 +13,7 @@
 
 #include "crc.h"
 #include "error.h"
+#include "record_file.h"
 
 namespace ffrecord {
 namespace {
@@ -352,6 +353,89 @@ void CheckpointFileWriter::abort() noexcept {
   }
   for (auto* b : buffers_) std::free(b);
   buffers_.clear();
+}
+
+namespace {
+constexpr uint64_t kDirectPart = uint64_t(1) << 20;  // parts this large are read in place
+constexpr uint64_t kReadPiece = uint64_t(1) << 20;   // hashed right after each piece lands
+constexpr uint64_t kRunBytes = uint64_t(4) << 20;    // small parts coalesced up to this span
+constexpr uint64_t kRunGap = 4096;                   // ... when at most this far apart
+}  // namespace
+
+CheckpointFileReader::CheckpointFileReader(const std::string& path) : path_(path) {
+  file_ = RecordFile::open(path);
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd_ < 0) throw_io(path, "cannot open", errno);
+  ::posix_fadvise(fd_, 0, 0, POSIX_FADV_SEQUENTIAL);  // checkpoints are read front to back
+}
+
+CheckpointFileReader::~CheckpointFileReader() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+uint64_t CheckpointFileReader::records() const { return file_->size(); }
+
+uint64_t CheckpointFileReader::record_length(uint64_t i) const { return file_->entry(i).length; }
+
+void CheckpointFileReader::pread_all(uint8_t* dst, uint64_t length, uint64_t offset) {
+  while (length) {
+    ssize_t r = ::pread(fd_, dst, std::min<uint64_t>(length, uint64_t(1) << 30), static_cast<off_t>(offset));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      throw_io(path_, "read failed", errno);
+    }
+    if (r == 0) throw_format(path_, "file is shorter than its index says (truncated?)");
+    dst += r;
+    offset += static_cast<uint64_t>(r);
+    length -= static_cast<uint64_t>(r);
+  }
+}
+
+int64_t CheckpointFileReader::read_verified(const ReadPart* parts, size_t n) {
+  std::vector<uint64_t> at(n);  // file offset of each part
+  for (size_t i = 0; i < n; ++i) {
+    const ReadPart& p = parts[i];
+    if (p.record >= file_->size())
+      throw Error(ErrorKind::kIndex, path_ + ": record " + std::to_string(p.record) + " out of range for " +
+                                         std::to_string(file_->size()) + " records");
+    RecordEntry e = file_->entry(p.record);
+    if (p.offset > e.length || p.length > e.length - p.offset)
+      throw_format(path_, "part lies outside record " + std::to_string(p.record));
+    at[i] = e.offset + p.offset;
+  }
+  size_t i = 0;
+  while (i < n) {
+    const ReadPart& p = parts[i];
+    if (p.length >= kDirectPart) {
+      uint32_t crc = 0;
+      for (uint64_t done = 0; done < p.length; done += kReadPiece) {
+        uint64_t k = std::min(kReadPiece, p.length - done);
+        pread_all(p.dst + done, k, at[i] + done);
+        crc = crc32c(p.dst + done, k, crc);
+      }
+      if (crc != p.crc) return static_cast<int64_t>(i);
+      ++i;
+      continue;
+    }
+    // A run of small parts close together: one read, then copy out.
+    size_t j = i + 1;
+    uint64_t end = at[i] + p.length;
+    while (j < n && parts[j].length < kDirectPart && at[j] >= end && at[j] - end <= kRunGap &&
+           at[j] + parts[j].length - at[i] <= kRunBytes) {
+      end = at[j] + parts[j].length;
+      ++j;
+    }
+    uint64_t span = end - at[i];
+    if (bounce_.size() < span) bounce_.resize(span);
+    pread_all(bounce_.data(), span, at[i]);
+    for (size_t k = i; k < j; ++k) {
+      const uint8_t* src = bounce_.data() + (at[k] - at[i]);
+      if (crc32c(src, parts[k].length) != parts[k].crc) return static_cast<int64_t>(k);
+      if (parts[k].length) std::memcpy(parts[k].dst, src, parts[k].length);
+    }
+    i = j;
+  }
+  return -1;
 }
 
 void sync_path(const std::string& path, bool directory) {

@@ -21,6 +21,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -123,6 +124,48 @@ class CheckpointFileWriter {
   int io_error_ = 0;
   bool stopping_ = false;
   std::vector<std::thread> threads_;
+};
+
+// One piece of a checkpoint to read: `length` bytes at `offset` inside record
+// `record`, into `dst`, expected to hash to `crc` (CRC32C).
+struct ReadPart {
+  uint64_t record;
+  uint64_t offset;
+  uint64_t length;
+  uint32_t crc;
+  uint8_t* dst;
+};
+
+// Reads checkpoint data files: parts of records straight into their final
+// memory, each piece hashed right after it lands (still in cache), so the
+// checksum costs no second pass over memory. Small parts that lie close
+// together in the file (tensors packed into one record) are read with one
+// pread into a reused bounce buffer and copied out. The file is opened and
+// validated as any record file (RecordFile::open); offsets come from its
+// index, never from the caller. One thread uses a reader at a time.
+class CheckpointFileReader {
+ public:
+  explicit CheckpointFileReader(const std::string& path);  // throws Error
+  ~CheckpointFileReader();
+  CheckpointFileReader(const CheckpointFileReader&) = delete;
+  CheckpointFileReader& operator=(const CheckpointFileReader&) = delete;
+
+  uint64_t records() const;
+  uint64_t record_length(uint64_t i) const;  // caller checks i < records()
+
+  // Reads every part (fastest in file order). Returns the index of the first
+  // part whose bytes do not match its CRC32C (reading stops there), or -1.
+  // Throws Error: kIndex for a record out of range, kFormat for a part outside
+  // its record or a file shorter than its index, kIo with errno.
+  int64_t read_verified(const ReadPart* parts, size_t n);
+
+ private:
+  void pread_all(uint8_t* dst, uint64_t length, uint64_t offset);
+
+  std::string path_;
+  std::unique_ptr<class RecordFile> file_;
+  int fd_ = -1;
+  std::vector<uint8_t> bounce_;
 };
 
 // fsync of a file or directory by path. Throws Error(kIo).

@@ -60,7 +60,6 @@ from torch.futures import Future
 
 from .. import __version__, _core
 from ..errors import ChecksumError, FormatError
-from ..reader import FileReader
 from .commit import DirectoryCommit, resolve_for_load
 from .encoding import Decoder, Encoder, UnsafeCheckpointError, torch_dtype_by_name, torch_dtype_name
 from .layout import FORMAT_NAME, FORMAT_VERSION, read_manifest, write_manifest
@@ -237,7 +236,6 @@ class StorageReader(_StorageReaderBase):
         self.storage_data = {}
         self._dtypes = {}
         self._readers = {}
-        self._fds = {}
         self._directory = None
 
     def reset(self, checkpoint_id=None):
@@ -295,9 +293,6 @@ class StorageReader(_StorageReaderBase):
 
     def close(self):
         self._readers.clear()
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
 
     @property
     def checkpoint_id(self):
@@ -320,38 +315,34 @@ class StorageReader(_StorageReaderBase):
     def _reader(self, loc):
         r = self._readers.get(loc.file)
         if r is None:
-            r = self._readers[loc.file] = FileReader(self._file_path(loc), check_data=False)
+            r = self._readers[loc.file] = _core.CheckpointFileReader(self._file_path(loc))
+        if loc.record >= r.records or r.record_length(loc.record) != loc.length:
+            raise FormatError(f"{self._file_path(loc)}: record {loc.record} does not match the checkpoint metadata")
         return r
 
-    def _pread(self, loc, begin, buf):
-        """Reads bytes [begin, begin + len(buf)) of the record into ``buf``."""
-        fd = self._fds.get(loc.file)
-        if fd is None:
-            fd = self._fds[loc.file] = os.open(self._file_path(loc), os.O_RDONLY | os.O_CLOEXEC)
-        view, pos = memoryview(buf).cast("B"), loc.offset + begin
-        while len(view):
-            n = os.preadv(fd, [view], pos)
-            if n == 0:
-                raise FormatError(f"{self._file_path(loc)}: file ends inside record {loc.record}")
-            view, pos = view[n:], pos + n
-
-    def _verify(self, loc, data, first_block, what):
-        """Checks the CRC32C of every whole block in ``data``, which starts at
-        block ``first_block`` of the record."""
+    def _read_blocks(self, loc, first, end, address, what):
+        """Reads blocks [first, end) of the record to ``address``, verifying each
+        block's CRC32C as it lands."""
         bs = loc.block_size
-        for k in range(-(-len(data) // bs)):
-            b = first_block + k
-            if _core.crc32c(data[k * bs : (k + 1) * bs]) != loc.block_crcs[b]:
-                raise ChecksumError(
-                    f"{self._file_path(loc)}: CRC32C mismatch in {what} (record {loc.record}, block {b} of "
-                    f"{bs} bytes)"
-                )
+        starts = np.arange(first, end, dtype=np.uint64) * np.uint64(bs)
+        lengths = np.minimum(np.uint64(loc.length) - starts, np.uint64(bs))
+        bad = self._reader(loc).read_verified(
+            np.full(len(starts), loc.record, dtype=np.uint64),
+            starts,
+            lengths,
+            np.array(loc.block_crcs[first:end], dtype=np.uint32),
+            np.uint64(address) + (starts - starts[:1]) if len(starts) else starts,
+        )
+        if bad >= 0:
+            raise ChecksumError(
+                f"{self._file_path(loc)}: CRC32C mismatch in {what} (record {loc.record}, block {first + bad} of "
+                f"{bs} bytes)"
+            )
 
     def _read_bytes(self, req, loc):
         buf = np.empty(loc.length, dtype=np.uint8)
-        if loc.length:
-            self._reader(loc).read_into([loc.record], [buf])
-        self._verify(loc, buf, 0, f"entry {req.storage_index.fqn!r}")
+        self._read_blocks(loc, 0, len(loc.block_crcs), buf.__array_interface__["data"][0],
+                          f"entry {req.storage_index.fqn!r}")
         data = buf.tobytes()
         if not self.trusted:
             try:
@@ -383,19 +374,17 @@ class StorageReader(_StorageReaderBase):
             strides[d] = strides[d + 1] * shape[d + 1]
         first = sum(o * st for o, st in zip(offsets, strides))
         last = sum((o + n - 1) * st for o, n, st in zip(offsets, lengths, strides))
-        whole = first == 0 and (last + 1) * item == loc.length
-        if whole and target.device.type == "cpu" and target.is_contiguous():
-            # The request is the whole chunk: read straight into the destination.
-            dst = target.reshape(-1).view(torch.uint8).numpy()
-            self._reader(loc).read_into([loc.record], [dst])
-            self._verify(loc, dst, 0, what)
-            return
         bs = loc.block_size
-        begin = first * item // bs * bs
-        end = min(-(-((last + 1) * item) // bs) * bs, loc.length)
-        buf = torch.empty(end - begin, dtype=torch.uint8)
-        self._pread(loc, begin, buf.numpy())
-        self._verify(loc, buf.numpy(), begin // bs, what)
+        if first == 0 and (last + 1) * item == loc.length and target.device.type == "cpu" and target.is_contiguous():
+            # The request is the whole chunk: read straight into the destination.
+            self._read_blocks(loc, 0, len(loc.block_crcs), target.data_ptr(), what)
+            return
+        # A box inside the chunk (DCP resharding): read and verify the whole
+        # blocks around the elements it spans, then copy the box out.
+        b0, b1 = first * item // bs, -(-((last + 1) * item) // bs)
+        buf = torch.empty(min(b1 * bs, loc.length) - b0 * bs, dtype=torch.uint8)
+        self._read_blocks(loc, b0, b1, buf.data_ptr(), what)
+        begin = b0 * bs
         flat = buf[first * item - begin : (last + 1) * item - begin].view(dtype)
         target.copy_(flat.as_strided(lengths, strides))
 

@@ -1,30 +1,26 @@
 """load() and Checkpoint: reading a checkpoint directory back, whole or in part.
 
-Tensor bytes are read straight into the final tensor storage
-(``FileReader.read_into``: no intermediate ``bytes``), in file order, in
-batches of about 64 MiB: one thread reads the next batch while the caller's
-thread verifies the CRC32C of the last one (both release the GIL). Small
-tensors packed together are read per record and copied out. Every part's
-CRC32C is verified; a mismatch raises ChecksumError naming the tensor.
+Tensor bytes are read straight into the final tensor storage (no
+intermediate ``bytes``), in file order, by the C++ checkpoint reader: each
+1 MiB piece is hashed right after it lands, while still in cache, so the
+CRC32C check costs no second pass over memory; small tensors packed into one
+record are read with one request and copied out. A mismatch raises
+ChecksumError naming the tensor. The GIL is released while reading.
 """
 
 import os
 import pickle
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .. import _core
 from ..errors import ChecksumError, FormatError
-from ..reader import FileReader
 from .commit import resolve_for_load
 from .encoding import Decoder, UnsafeCheckpointError, format_path, numpy_dtype_from_str, torch_dtype_by_name
 from .layout import read_manifest
 
 __all__ = ["load", "Checkpoint"]
 
-BATCH_BYTES = 64 << 20
-BATCH_PARTS = 1024
 
 
 def _torch():
@@ -279,10 +275,10 @@ class Checkpoint:
     def _reader(self, f):
         r = self._readers.get(f)
         if r is None:
-            r = FileReader(os.path.join(self.path, self._files[f]), check_data=False)
+            r = _core.CheckpointFileReader(os.path.join(self.path, self._files[f]))
             expected = self._manifest["files"][f].get("records")
-            if r.n != expected:
-                raise FormatError(f"{self.path}/{self._files[f]}: {r.n} records, the manifest says {expected!r}")
+            if r.records != expected:
+                raise FormatError(f"{self.path}/{self._files[f]}: {r.records} records, the manifest says {expected!r}")
             self._readers[f] = r
         return r
 
@@ -290,77 +286,44 @@ class Checkpoint:
         """Allocates the destination of every item in ``keys`` ((table, index)
         pairs) and reads its parts into it; returns {key: uint8 buffer}."""
         torch = _torch()
-        buffers, by_record = {}, {}
+        buffers, parts = {}, []
         for key in keys:
             entry, _, plist = self._entry(*key)
             if entry.get("kind") == "torch":
-                buffers[key] = torch.empty(entry["nbytes"], dtype=torch.uint8)
+                buf = torch.empty(entry["nbytes"], dtype=torch.uint8)
+                base = buf.data_ptr()
             else:
-                buffers[key] = np.empty(entry["nbytes"], dtype=np.uint8)
-            for p in plist:
-                by_record.setdefault((p.file, p.record), []).append(p)
-        arrays = {k: (b if isinstance(b, np.ndarray) else b.numpy()) for k, b in buffers.items()}
-        # Check each part against its record before touching any byte: inside
-        # the record, and no two parts overlapping (bounds total allocation).
-        lengths = {}
-        for (f, rec), plist in by_record.items():
-            r = self._reader(f)
-            if rec >= r.n:
-                raise FormatError(f"{self.path}/{self._files[f]}: part refers to record {rec}, the file has {r.n}")
-            lengths[(f, rec)] = length = int(r.lengths([rec])[0])
-            end = 0
-            for p in sorted(plist, key=lambda p: p.offset):
-                if p.offset < end or p.offset + p.length > length:
-                    raise FormatError(f"{self.path}/{self._files[f]}: bad or overlapping part in record {rec}")
-                end = p.offset + p.length
-        # Runs of consecutive records, in file order, read in batches of up to
-        # BATCH_BYTES: a record holding one whole part is read straight into
-        # its destination; records packing several parts are read and split.
-        jobs = []
-        for (f, rec), plist in sorted(by_record.items()):
-            p0 = plist[0]
-            what = "direct" if len(plist) == 1 and p0.offset == 0 and p0.length == lengths[(f, rec)] else "packed"
-            size = lengths[(f, rec)]
-            if jobs and jobs[-1][0] == what and jobs[-1][1] == f and (
-                jobs[-1][3] + size <= BATCH_BYTES and len(jobs[-1][2]) < BATCH_PARTS
-            ):
-                jobs[-1][2].append((rec, plist))
-                jobs[-1][3] += size
-            else:
-                jobs.append([what, f, [(rec, plist)], size])
-        if not jobs:
-            return buffers
-
-        def view(p):
-            return arrays[p.item][p.start : p.start + p.length]
-
-        def read(job):
-            what, f, batch, _ = job
-            records = [rec for rec, _ in batch]
-            if what == "packed":
-                return self._reader(f).read(records)
-            self._reader(f).read_into(records, [view(plist[0]) for _, plist in batch])
-            return None
-
-        def verify(job, blocks):
-            what, _, batch, _ = job
-            for k, (_, plist) in enumerate(batch):
-                for p in plist:
-                    src = view(p) if what == "direct" else blocks[k][p.offset : p.offset + p.length]
-                    if _core.crc32c(src) != p.crc:
-                        raise self._checksum_error(p)
-                    if what == "packed":
-                        np.copyto(view(p), src)
-
-        # One thread reads batch k+1 while this one verifies batch k (both
-        # release the GIL). A single reader keeps the file access sequential,
-        # which measured faster than several concurrent readers.
-        with ThreadPoolExecutor(max_workers=1) as io:
-            pending = io.submit(read, jobs[0])
-            for k, job in enumerate(jobs):
-                blocks = pending.result()
-                pending = io.submit(read, jobs[k + 1]) if k + 1 < len(jobs) else None
-                verify(job, blocks)
+                buf = np.empty(entry["nbytes"], dtype=np.uint8)
+                base = buf.__array_interface__["data"][0]
+            buffers[key] = buf
+            parts += [(p, base + p.start) for p in plist]
+        # Each part must lie inside its record (the reader checks) and no two
+        # parts may overlap: a small file cannot inflate into huge allocations.
+        parts.sort(key=lambda pa: (pa[0].file, pa[0].record, pa[0].offset))
+        prev = None
+        for p, _ in parts:
+            if p.record >= self._reader(p.file).records:
+                raise FormatError(f"{self.path}/{self._files[p.file]}: a part refers to record {p.record}, "
+                                  f"the file has {self._reader(p.file).records}")
+            if prev is not None and (p.file, p.record) == (prev.file, prev.record) and p.offset < prev.offset + prev.length:
+                raise FormatError(f"{self.path}/{self._files[p.file]}: overlapping parts in record {p.record}")
+            prev = p
+        batches = []  # one read per file, parts in file order
+        for pa in parts:
+            if not batches or batches[-1][0][0].file != pa[0].file:
+                batches.append([])
+            batches[-1].append(pa)
+        for batch in batches:
+            f = batch[0][0].file
+            bad = self._reader(f).read_verified(
+                np.array([p.record for p, _ in batch], dtype=np.uint64),
+                np.array([p.offset for p, _ in batch], dtype=np.uint64),
+                np.array([p.length for p, _ in batch], dtype=np.uint64),
+                np.array([p.crc for p, _ in batch], dtype=np.uint32),
+                np.array([address for _, address in batch], dtype=np.uint64),
+            )
+            if bad >= 0:
+                raise self._checksum_error(batch[bad][0])
         return buffers
 
     def _checksum_error(self, p):
