@@ -172,7 +172,7 @@ def async_save(obj, path, *, max_staging_bytes=None, trusted=False, chunk_bytes=
         writer.start()
         _inflight = future
         try:
-            _stage(plan, ring, queue, ready)
+            _stage(plan, ring, queue, ready, hold=sum(sizes) <= buffer.numel())
         except BaseException as e:
             with ready:
                 queue.append(("abort", e))
@@ -182,9 +182,14 @@ def async_save(obj, path, *, max_staging_bytes=None, trusted=False, chunk_bytes=
         return future
 
 
-def _stage(plan, ring, queue, ready):
+def _stage(plan, ring, queue, ready, hold):
+    """Copies every record into the ring and queues it for the writer. With
+    ``hold`` (the ring holds the whole state), the writer gets nothing until
+    all is copied, so it does not compete with the caller for CPU and memory
+    bandwidth while the caller is blocked."""
     torch = _torch()
     cached = (None, None)
+    held = []
     for record in plan.records:
         start = ring.alloc(_align(record_bytes(record)))
         views, at, cuda = [], start, False
@@ -202,10 +207,14 @@ def _stage(plan, ring, queue, ready):
         if cuda:
             event = torch.cuda.Event()
             event.record()
+        if hold:
+            held.append(("record", (record, views, event)))
+            continue
         with ready:
             queue.append(("record", (record, views, event)))
             ready.notify()
     with ready:
+        queue.extend(held)
         queue.append(("done", None))
         ready.notify()
 
