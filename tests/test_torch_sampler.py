@@ -298,3 +298,13 @@ def test_property_elastic_chain_exactly_once(chain):
             new_states.append(s.state_dict(consumed=k))
         states = new_states
     assert sorted(consumed) == list(range(n))
+
+
+def test_state_after_moving_to_a_new_epoch_starts_that_epoch():
+    s = DistributedSampler(30, num_replicas=2, rank=0, seed=5, pad=False)
+    s.load_state_dict(make(30, 3, pad=False)[0].state_dict(consumed=2))  # elastic: one closed generation
+    assert s.state_dict()["history"] != []
+    list(s)
+    s.set_epoch(1)
+    state = s.state_dict()
+    assert state["epoch"] == 1 and state["history"] == [] and state["consumed"] == 0

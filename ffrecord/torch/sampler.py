@@ -168,6 +168,7 @@ class DistributedSampler(Sampler):
         epoch = _check_int(epoch, "epoch")
         if epoch != self.epoch:
             self._pending = None
+            self._active = _Plan()
         self.epoch = epoch
 
     def __iter__(self):
