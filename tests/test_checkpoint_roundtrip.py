@@ -211,6 +211,8 @@ def test_partial_loads_read_only_what_is_asked(tmp_path):
             c.load([["model", "fc.weight", "deeper"]])
     with pytest.raises(TypeError):
         ck.load(tmp_path / "c", keys="model")
+    with pytest.raises(ValueError, match="closed"):
+        c.keys()  # the Checkpoint above was closed by its with block
 
 
 def test_large_tensors_split_into_records_and_files(tmp_path):

@@ -21,6 +21,7 @@ import concurrent.futures
 import threading
 
 from .commit import DirectoryCommit, sync_point
+from .gc_pause import gc_paused
 from .layout import CHUNK_BYTES, PACK_BYTES, PIECE_ALIGN, record_bytes, write_manifest
 from .saving import PayloadWriter, SavePlan
 
@@ -154,7 +155,8 @@ def async_save(obj, path, *, max_staging_bytes=None, trusted=False, chunk_bytes=
     with _lock:
         if _inflight is not None:
             concurrent.futures.wait([_inflight])  # serialise: its error belongs to its own future
-        plan = SavePlan(obj, trusted=trusted, chunk_bytes=chunk, pack_bytes=pack)
+        with gc_paused():
+            plan = SavePlan(obj, trusted=trusted, chunk_bytes=chunk, pack_bytes=pack)
         sizes = [_align(record_bytes(r)) for r in plan.records]
         capacity = int(min(sum(sizes), limit)) if sizes else 0
         buffer = _staging_buffer(max(capacity, PIECE_ALIGN), limit)
@@ -238,7 +240,8 @@ def _write_staged(plan, ring, queue, ready, commit, file_bytes, future):
             ring.free_oldest()
         files = out.finish()
         sync_point("data-written")
-        write_manifest(commit.tmp, plan.manifest(files))
+        with gc_paused():
+            write_manifest(commit.tmp, plan.manifest(files))
         sync_point("manifest-written")
         commit.commit()
     except BaseException as e:

@@ -17,6 +17,7 @@ from .. import _core
 from ..errors import ChecksumError, FormatError
 from .commit import resolve_for_load
 from .encoding import Decoder, UnsafeCheckpointError, format_path, numpy_dtype_from_str, torch_dtype_by_name
+from .gc_pause import gc_paused
 from .layout import read_manifest
 
 __all__ = ["load", "Checkpoint"]
@@ -52,7 +53,8 @@ class Checkpoint:
         self.path = resolve_for_load(path)
         self.map_location = map_location
         self.trusted = bool(trusted)
-        self._manifest = read_manifest(self.path)
+        with gc_paused():
+            self._manifest = read_manifest(self.path)
         if self._manifest.get("kind") != "tree":
             hint = ""
             if self._manifest.get("kind") == "dcp":
@@ -133,9 +135,14 @@ class Checkpoint:
         return dtype
 
     # ---- public surface ----------------------------------------------------
+    def _tree(self):
+        if self._manifest is None:
+            raise ValueError(f"{self.path}: the Checkpoint is closed")
+        return self._manifest["tree"]
+
     def keys(self):
         """Top-level keys, when the saved object is a dict."""
-        tree = self._manifest["tree"]
+        tree = self._tree()
         if not isinstance(tree, dict) or tree.get("$") not in ("dict", "odict"):
             raise TypeError(f"{self.path}: the saved object is not a dict")
         dec = self._decoder(None)
@@ -167,7 +174,11 @@ class Checkpoint:
         """Everything (``keys=None``), or ``{key: subtree}`` for each entry of
         ``keys``: a top-level key, or a *list* giving a path into the tree
         (e.g. ``["model", "fc.weight"]``; the result is keyed by its tuple)."""
-        tree = self._manifest["tree"]
+        with gc_paused():
+            return self._load(keys)
+
+    def _load(self, keys):
+        tree = self._tree()
         if keys is None:
             return self._materialize([tree], many=False)
         if isinstance(keys, (str, bytes)) or not hasattr(keys, "__iter__"):
@@ -182,7 +193,11 @@ class Checkpoint:
         return {name: value for (name, _), value in zip(selected, results)}
 
     def close(self):
+        """Releases the files and the manifest; further use raises ValueError."""
         self._readers.clear()
+        self._entries.clear()
+        self._names = None
+        self._manifest = None
 
     def __enter__(self):
         return self
@@ -234,7 +249,7 @@ class Checkpoint:
             def note(kind, i, k, path):
                 names.setdefault(("arrays" if kind == "array" else "pickles", i), path)
 
-            self._decoder(note).decode(self._manifest["tree"])
+            self._decoder(note).decode(self._tree())
             self._names = names
         return self._names
 
@@ -404,13 +419,14 @@ def load(path, map_location=None, trusted=False, keys=None, dataset=None):
     Raises FileNotFoundError when nothing is at ``path``, FormatError when it
     is not a complete checkpoint, ChecksumError when bytes are damaged.
     """
-    with Checkpoint(path, map_location=map_location, trusted=trusted) as ck:
-        if dataset is not None:
-            from .training import check_dataset_fingerprint
+    with gc_paused():  # also while the manifest is freed: nothing left to scan after
+        with Checkpoint(path, map_location=map_location, trusted=trusted) as ck:
+            if dataset is not None:
+                from .training import check_dataset_fingerprint
 
-            try:
-                saved = ck.load(["dataset_fingerprint"])["dataset_fingerprint"]
-            except (KeyError, TypeError):
-                saved = None
-            check_dataset_fingerprint(saved, dataset, ck.path)
-        return ck.load(keys)
+                try:
+                    saved = ck.load(["dataset_fingerprint"])["dataset_fingerprint"]
+                except (KeyError, TypeError):
+                    saved = None
+                check_dataset_fingerprint(saved, dataset, ck.path)
+            return ck.load(keys)

@@ -14,6 +14,7 @@ import numpy as np
 from .. import __version__, _core
 from .commit import DirectoryCommit, sync_point
 from .encoding import Encoder, torch_dtype_name
+from .gc_pause import gc_paused
 from .layout import (
     CHUNK_BYTES,
     FORMAT_NAME,
@@ -254,8 +255,10 @@ def save(obj, path, *, trusted=False, chunk_bytes=None, file_bytes=None):
     ``chunk_bytes`` (default 256 MiB) is the largest record a tensor is split
     into; ``file_bytes`` (default 64 GiB) starts a new data file past that size.
     """
-    plan = SavePlan(obj, trusted=trusted, chunk_bytes=chunk_bytes)
-    commit = DirectoryCommit(path)
-    with commit:
-        write_plan(plan, commit.tmp, file_bytes)
-        commit.commit()
+    with gc_paused():
+        plan = SavePlan(obj, trusted=trusted, chunk_bytes=chunk_bytes)
+        commit = DirectoryCommit(path)
+        with commit:
+            write_plan(plan, commit.tmp, file_bytes)
+            commit.commit()
+        del plan  # freed while the collector is paused: nothing left for it to scan
