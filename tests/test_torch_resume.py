@@ -302,3 +302,24 @@ def test_property_resume_equals_uninterrupted(dataset, batch_size, drop_last, sh
     fresh.load_state_dict(roundtrip(loader.state_dict()))
     assert head + run_epoch(fresh) == full
     assert run_epoch(fresh) == following
+
+
+@pytest.mark.parametrize("sampler", ["ffrecord", "torch_random"])
+def test_state_through_ffrecord_checkpoint(dataset, tmp_path, sampler):
+    from ffrecord import checkpoint
+
+    def make():
+        if sampler == "ffrecord":
+            return fft.DataLoader(dataset, batch_size=4, shuffle=True, seed=8)
+        return fft.DataLoader(dataset, batch_size=4, sampler=RandomSampler(dataset))
+
+    torch.manual_seed(1)
+    loader = make()
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
+    checkpoint.save({"loader": loader.state_dict(), "step": 3}, str(tmp_path / "ckpt"))
+    rest = [b.tolist() for b in it]
+    fresh = make()
+    fresh.load_state_dict(checkpoint.load(str(tmp_path / "ckpt"))["loader"])
+    assert run_epoch(fresh) == rest
