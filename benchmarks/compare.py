@@ -59,6 +59,7 @@ from ffrecord import _core  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 COLD_QUEUE_DEPTH = 64  # ffrecord's ring depth in the cold runs, and fio's iodepth
+HELPER = "ffrecord read(), helper thread (FFRECORD_READ_HELPERS=1)"
 
 
 # ---- workloads ------------------------------------------------------------------------------
@@ -567,58 +568,67 @@ def fio_replay(ds, batches, qd, out):
 
 
 def worker_main(cfg):
-    """--worker: reads one half of the batches when told to, reports its times."""
+    """--worker: reads its half of one slice of the batches when told "go K"."""
     wl = next(w for w in workloads(cfg["full"], cfg["scale"]) if w.name == cfg["workload"])
     ds = Dataset(wl, cfg["out"])
     e = np.load(ds.expect)
     ds.lengths, ds.crcs = e["lengths"], e["crcs"]
-    batches = wl.batches()
-    half = len(batches) // 2
-    mine = batches[:half] if cfg["half"] == 0 else batches[half:]
+    mine = []
+    for part in slices_of(wl.batches(), cfg["slices"]):
+        half = len(part) // 2
+        mine.append(part[:half] if cfg["half"] == 0 else part[half:])
     source = SOURCES[cfg["system"]](ds)
-    verify_pass(source, ds, mine)  # also warms this process's caches
-    prepared = [source.prepare(b) for b in mine]
-    tags = batch_tags(mine)
+    verify_pass(source, ds, [b for part in mine for b in part])  # also warms this process's caches
+    prepared = [[source.prepare(b) for b in part] for part in mine]
+    tags = [batch_tags(part) for part in mine]
     print("ready", flush=True)
     for line in sys.stdin:
-        if line.strip() != "go":
+        words = line.split()
+        if not words or words[0] != "go":
             break
+        k = int(words[1])
         t0 = time.monotonic()
-        timed_pass(source.read, prepared, tags)
+        timed_pass(source.read, prepared[k], tags[k])
         t1 = time.monotonic()
-        print(json.dumps({"t0": t0, "t1": t1, "records": records_in(mine)}), flush=True)
+        print(json.dumps({"t0": t0, "t1": t1}), flush=True)
     source.close()
 
 
-def two_processes(system, wl, out, full, scale, rounds, files):
-    """Best combined records/s of two processes reading disjoint halves at the same time."""
-    procs = []
-    for half in (0, 1):
-        cfg = {"system": system, "workload": wl.name, "out": out, "full": full, "scale": scale, "half": half}
-        procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg)],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
-    try:
-        for p in procs:
+class WorkerPair:
+    """Two worker processes of one system, each holding half of every slice."""
+
+    def __init__(self, system, wl, out, full, scale, slices):
+        self.system = system
+        self.procs = []
+        for half in (0, 1):
+            cfg = {"system": system, "workload": wl.name, "out": out, "full": full, "scale": scale,
+                   "half": half, "slices": slices}
+            self.procs.append(subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        for p in self.procs:
             if p.stdout.readline().strip() != "ready":
+                self.close()
                 raise BadRead(f"{system}: a worker failed to start")
-        best = None
-        for _ in range(rounds):
-            rewarm(files)
-            for p in procs:
-                p.stdin.write("go\n")
-                p.stdin.flush()
-            res = [json.loads(p.stdout.readline()) for p in procs]
-            secs = max(r["t1"] for r in res) - min(r["t0"] for r in res)
-            best = secs if best is None else min(best, secs)
-        for p in procs:
-            p.stdin.write("quit\n")
+
+    def run(self, k):
+        """Seconds from the first start to the last finish of slice k in both processes."""
+        for p in self.procs:
+            p.stdin.write(f"go {k}\n")
             p.stdin.flush()
-    finally:
-        for p in procs:
-            p.stdin.close()
+        res = [json.loads(p.stdout.readline()) for p in self.procs]
+        return max(r["t1"] for r in res) - min(r["t0"] for r in res)
+
+    def close(self):
+        for p in self.procs:
+            try:
+                p.stdin.write("quit\n")
+                p.stdin.close()
+            except OSError:
+                pass
+        for p in self.procs:
             if p.wait(timeout=120) != 0:
-                raise BadRead(f"{system}: a worker exited with {p.returncode}")
-    return best
+                raise BadRead(f"{self.system}: a worker exited with {p.returncode}")
 
 
 # ---- the runs -------------------------------------------------------------------------------
@@ -652,54 +662,68 @@ def best_of(rounds, fn):
     return min(fn() for _ in range(rounds))
 
 
-def run_warm(ds, ceiling, results, rounds):
+def slices_of(batches, count):
+    """The batch list cut into `count` consecutive slices (lists of batches),
+    each of at least two batches (two processes share each slice)."""
+    count = max(1, min(count, len(batches) // 2))
+    bounds = np.linspace(0, len(batches), count + 1).astype(int)
+    return [batches[bounds[k]:bounds[k + 1]] for k in range(count)]
+
+
+def interleaved(contenders, slices, rounds, before_round):
+    """Runs every contender over every slice, alternating them slice by slice
+    (in a rotating order), so that all see the same share of whatever else
+    the machine is doing. Returns each contender's best total over `rounds`."""
+    names = list(contenders)
+    best = {name: float("inf") for name in names}
+    for _ in range(rounds):
+        before_round()
+        total = dict.fromkeys(names, 0.0)
+        for k in range(slices):
+            shift = k % len(names)
+            for name in names[shift:] + names[:shift]:
+                total[name] += contenders[name](k)
+        for name in names:
+            best[name] = min(best[name], total[name])
+    return best
+
+
+def run_warm(ds, ceiling, results, rounds, slices):
     wl = ds.wl
     batches = wl.batches()
-    tags = batch_tags(batches)
     n, nbytes = records_in(batches), payload_bytes(ds, batches)
-    ops = ceiling.ops_file(ds, batches, "epoch")
-    add = lambda system, secs, note="", key="pread ceiling, 1 thread": results.add(  # noqa: E731
-        wl, "warm", system, secs, n, nbytes, key, note)
+    parts = slices_of(batches, slices)
+    part_tags = [batch_tags(p) for p in parts]
+    ops = [ceiling.ops_file(ds, p, f"warm-{k}") for k, p in enumerate(parts)]
+    contenders, closers, files = {}, [], [ds.ffr]
 
-    # Every timed pass starts from a freshly re-read file; the ceiling is
-    # measured between the others as well and keeps its best.
-    ceil_times = {1: [], 2: []}
-    residency = []
-
-    def ceiling_round():
-        for t in (1, 2):
-            rewarm([ds.ffr])
-            ceil_times[t].append(ceiling.run(ds, ops, t, wl.batch))
+    for t in (1, 2):
+        contenders[f"pread ceiling, {t} thread{'s' if t > 1 else ''}"] = (
+            lambda k, t=t: ceiling.run(ds, ops[k], t, wl.batch))
 
     ffr_variants = [
-        ("ffrecord read()", dict(), {}),
-        ("ffrecord read(), one thread (FFRECORD_READ_HELPERS=0)", dict(FFRECORD_READ_HELPERS=0), {}),
-        ("ffrecord read(), check_data=False", dict(), {"check_data": False}),
-        ("ffrecord read(), one thread, check_data=False", dict(FFRECORD_READ_HELPERS=0), {"check_data": False}),
+        ("ffrecord read()", dict(FFRECORD_READ_HELPERS=0), {}),
+        ("ffrecord read(), check_data=False", dict(FFRECORD_READ_HELPERS=0), {"check_data": False}),
+        (HELPER, dict(FFRECORD_READ_HELPERS=1), {}),
+        ("ffrecord read(), helper thread, check_data=False", dict(FFRECORD_READ_HELPERS=1), {"check_data": False}),
         ("ffrecord read(), engine=threads", dict(FFRECORD_ENGINE="threads"), {}),
         ("ffrecord read(), engine=pread", dict(FFRECORD_ENGINE="pread"), {}),
     ]
-    ffr_times = {name: [] for name, _, _ in ffr_variants}
-    ffr_times["ffrecord prefetch(depth=4)"] = []
-    sources = {}
     for name, env, kw in ffr_variants:
         with Env(**env):
             src = FFRecordSource(ds, **kw)
             verify_pass(src, ds, batches)
-            sources[name] = (src, env, [src.prepare(b) for b in batches])
-    ceiling_round()
-    for _ in range(rounds):
-        for name, (src, env, prepared) in sources.items():
-            rewarm([ds.ffr])
+        prepared = [[src.prepare(b) for b in p] for p in parts]
+
+        def run(k, src=src, env=env, prepared=prepared):
             with Env(**env):
-                ffr_times[name].append(timed_pass(src.read, prepared, tags))
-            residency.append(resident_fraction(ds.ffr))
-        src, _, prepared = sources["ffrecord read()"]
-        rewarm([ds.ffr])
-        ffr_times["ffrecord prefetch(depth=4)"].append(prefetch_pass(src.r, prepared, tags))
-        ceiling_round()
-    for src, _, _ in sources.values():
-        src.close()
+                return timed_pass(src.read, prepared[k], part_tags[k])
+
+        contenders[name] = run
+        closers.append(src)
+        if name == "ffrecord read()":
+            contenders["ffrecord prefetch(depth=4)"] = (
+                lambda k, src=src, prepared=prepared: prefetch_pass(src.r, prepared[k], part_tags[k]))
 
     for system in PEERS:
         try:
@@ -708,23 +732,26 @@ def run_warm(ds, ceiling, results, rounds):
             log(f"  {system}: skipped ({e})")
             continue
         verify_pass(src, ds, batches)
-        prepared = [src.prepare(b) for b in batches]
-        files = ds.system_files(system)
+        prepared = [[src.prepare(b) for b in p] for p in parts]
+        contenders[system] = lambda k, src=src, prepared=prepared: timed_pass(src.read, prepared[k], part_tags[k])
+        closers.append(src)
+        files += ds.system_files(system)
 
-        def one_pass():
-            rewarm(files)
-            return timed_pass(src.read, prepared, tags)
+    residency = []
 
-        secs = best_of(rounds, one_pass)
+    def before_round():
+        residency.append(resident_fraction(ds.ffr))
+        rewarm(files)
+
+    best = interleaved(contenders, len(parts), rounds, before_round)
+    residency.append(resident_fraction(ds.ffr))
+    for src in closers:
         src.close()
-        add(system, secs)
-        ceiling_round()
-
-    note = f"page cache: {min(residency) * 100:.1f}% of the file resident after each pass"
-    add("pread ceiling, 1 thread", min(ceil_times[1]), "C, same offsets, one reused batch buffer")
-    add("pread ceiling, 2 threads", min(ceil_times[2]), "C, disjoint halves")
-    for name in ffr_times:
-        add(name, min(ffr_times[name]), note if name == "ffrecord read()" else "")
+    key = "pread ceiling, 1 thread"
+    notes = {key: "C, same offsets, one reused batch buffer", "pread ceiling, 2 threads": "C, disjoint halves",
+             "ffrecord read()": f"ffrecord's file {min(residency) * 100:.1f}% in the page cache at each round's ends"}
+    for name, secs in best.items():
+        results.add(wl, "warm", name, secs, n, nbytes, key, notes.get(name, ""))
     sequential(ds, results, rounds, mode="warm")
 
 
@@ -781,26 +808,32 @@ def verify_sequential_wds(ds):
             raise BadRead(f"webdataset: record {k} came back wrong")
 
 
-def run_two_procs(ds, ceiling, results, out, full, scale, rounds):
+def run_two_procs(ds, ceiling, results, out, full, scale, rounds, slices):
     wl = ds.wl
     batches = wl.batches()
     n, nbytes = records_in(batches), payload_bytes(ds, batches)
     key = "pread ceiling, 2 threads"
-    ops = ceiling.ops_file(ds, batches, "epoch")
-
-    def ceiling_pass():
-        rewarm([ds.ffr])
-        return ceiling.run(ds, ops, 2, wl.batch)
-
-    secs = best_of(rounds, ceiling_pass)
-    results.add(wl, "2proc", key, secs, n, nbytes, key, "C, disjoint halves")
-    for system in ["ffrecord"] + PEERS:
-        try:
-            secs = two_processes(system, wl, out, full, scale, rounds, ds.system_files(system))
-        except ImportError as e:
-            log(f"  {system}: skipped ({e})")
-            continue
-        results.add(wl, "2proc", system, secs, n, nbytes, key)
+    parts = slices_of(batches, slices)
+    # The ceiling's two threads take the two halves of each slice, as the workers do.
+    ops = [ceiling.ops_file(ds, p, f"2proc-{k}") for k, p in enumerate(parts)]
+    contenders = {key: lambda k: ceiling.run(ds, ops[k], 2, wl.batch)}
+    pairs, files = [], [ds.ffr]
+    try:
+        for system in ["ffrecord"] + PEERS:
+            try:
+                pair = WorkerPair(system, wl, out, full, scale, slices)
+            except BadRead as e:
+                log(f"  {system}: skipped ({e})")
+                continue
+            pairs.append(pair)
+            contenders[system] = pair.run
+            files += ds.system_files(system)
+        best = interleaved(contenders, len(parts), rounds, lambda: rewarm(files))
+    finally:
+        for pair in pairs:
+            pair.close()
+    for name, secs in best.items():
+        results.add(wl, "2proc", name, secs, n, nbytes, key, "C, disjoint halves" if name == key else "")
 
 
 def run_cold(ds, ceiling, results, out, rounds):
@@ -843,7 +876,7 @@ def run_cold(ds, ceiling, results, out, rounds):
          {"direct": True}, "read"),
         ("ffrecord prefetch(depth=4), direct=True, 2 rings x QD32",
          dict(FFRECORD_QUEUE_DEPTH=qd // 2, FFRECORD_READ_HELPERS=0), {"direct": True}, "prefetch"),
-        ("ffrecord read(), defaults (QD128, helper thread)", dict(), {}, "read"),
+        ("ffrecord read(), defaults (QD128)", dict(), {}, "read"),
     ]
     for name, env, kw, how_read in variants:
         secs = []
@@ -945,10 +978,12 @@ def checks(results, wls, modes):
         if "warm" in modes:
             ceil = R(w, "warm", "pread ceiling, 1 thread")
             ffr = R(w, "warm", "ffrecord read()")
-            one = R(w, "warm", "ffrecord read(), one thread (FFRECORD_READ_HELPERS=0)")
+            helped = R(w, "warm", HELPER)
+            pre = R(w, "warm", "ffrecord prefetch(depth=4)")
             if ceil and ffr:
                 out.append((f"{w} warm: ffrecord >= 0.9x pread ceiling (1 thread)", ffr["ratio"] >= 0.9,
-                            f"{ffr['ratio']:.2f}x (single-threaded: {one['ratio']:.2f}x)"))
+                            f"{ffr['ratio']:.2f}x (with a helper thread: {helped['ratio']:.2f}x; "
+                            f"prefetch: {pre['ratio']:.2f}x)"))
             peers = [R(w, "warm", p) for p in PEERS]
             best = max((p for p in peers if p), key=lambda p: p["records_per_s"], default=None)
             if ffr and best:
@@ -956,13 +991,13 @@ def checks(results, wls, modes):
                             best["records_per_s"], f"{ffr['records_per_s'] / best['records_per_s']:.2f}x the best "
                             f"peer ({best['system']})"))
             on, off = R(w, "warm", "ffrecord read()"), R(w, "warm", "ffrecord read(), check_data=False")
-            on1 = R(w, "warm", "ffrecord read(), one thread (FFRECORD_READ_HELPERS=0)")
-            off1 = R(w, "warm", "ffrecord read(), one thread, check_data=False")
+            on2 = R(w, "warm", HELPER)
+            off2 = R(w, "warm", "ffrecord read(), helper thread, check_data=False")
             if on and off:
                 cost = 1 - on["records_per_s"] / off["records_per_s"]
-                cost1 = 1 - on1["records_per_s"] / off1["records_per_s"]
+                cost2 = 1 - on2["records_per_s"] / off2["records_per_s"]
                 out.append((f"{w} warm: checksums cost < 10%", cost < 0.10,
-                            f"{cost * 100:.1f}% (single-threaded: {cost1 * 100:.1f}%)"))
+                            f"{cost * 100:.1f}% (with a helper thread: {cost2 * 100:.1f}%)"))
         if "2proc" in modes:
             c2, f2 = R(w, "2proc", "pread ceiling, 2 threads"), R(w, "2proc", "ffrecord")
             if c2 and f2:
@@ -1063,7 +1098,9 @@ def main():
     ap.add_argument("--only", default="warm,2proc,cold", help="comma-separated modes: warm, 2proc, cold")
     ap.add_argument("--workloads", default="W-small,W-image")
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies the record counts (quick trial runs)")
-    ap.add_argument("--rounds", type=int, default=3, help="timed passes per system (best is kept)")
+    ap.add_argument("--rounds", type=int, default=3, help="timed epochs per system (the best is kept)")
+    ap.add_argument("--slices", type=int, default=10,
+                    help="warm runs alternate the systems after each of this many parts of an epoch")
     ap.add_argument("--out", default=os.path.join(HERE, "out"), help="where datasets are built (reused)")
     ap.add_argument("--results", default=RESULTS)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -1085,9 +1122,9 @@ def main():
         ds = Dataset(wl, args.out)
         ds.build()
         if "warm" in modes:
-            run_warm(ds, ceiling, results, args.rounds)
+            run_warm(ds, ceiling, results, args.rounds, args.slices)
         if "2proc" in modes:
-            run_two_procs(ds, ceiling, results, args.out, args.full, args.scale, args.rounds)
+            run_two_procs(ds, ceiling, results, args.out, args.full, args.scale, args.rounds, args.slices)
         if "cold" in modes:
             run_cold(ds, ceiling, results, args.out, 2)
     results.ratios()

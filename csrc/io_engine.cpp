@@ -402,7 +402,7 @@ class UringEngine final : public IoEngine {
 
 unsigned default_queue_depth() { return env_unsigned("FFRECORD_QUEUE_DEPTH", 128, 1, 4096); }
 unsigned default_thread_count() { return env_unsigned("FFRECORD_THREADS", 8, 1, 256); }
-unsigned default_read_helpers() { return env_unsigned("FFRECORD_READ_HELPERS", 1, 0, 64); }
+unsigned default_read_helpers() { return env_unsigned("FFRECORD_READ_HELPERS", 0, 0, 64); }
 
 void share_with_pool(const std::shared_ptr<PoolTask>& task, unsigned helpers) {
   process_pool().share(task, helpers);

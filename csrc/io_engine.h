@@ -80,8 +80,11 @@ std::unique_ptr<IoEngine> make_engine(EngineKind kind, std::string* fallback_rea
 // FFRECORD_QUEUE_DEPTH and FFRECORD_THREADS override the defaults.
 unsigned default_queue_depth();
 unsigned default_thread_count();
-// Pool helpers that may join one large batch read (FFRECORD_READ_HELPERS,
-// default 1, 0 turns them off); never more than the usable CPUs minus one.
+// Pool helpers that may join one large batch read (FFRECORD_READ_HELPERS;
+// never more than the usable CPUs minus one). Off (0) by default: a helper
+// pays off only on otherwise idle CPUs, and a helper that the scheduler
+// preempts mid-chunk makes the caller wait, which DataLoader workers (one
+// reader per process, every CPU busy) would hit all the time.
 unsigned default_read_helpers();
 
 // Work shared between a calling thread and helpers from the process-wide

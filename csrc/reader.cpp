@@ -334,9 +334,8 @@ class Reader::BatchJob final : public PoolTask {
 // bad record.
 void Reader::execute(Plan& plan, const uint64_t* indices) const {
   auto engine = acquire_engine();
-  unsigned helpers = 0;
-  if (engine->wants_helpers() && plan.bytes >= kHelperMinBytes && plan.reqs.size() >= 4)
-    helpers = std::min(default_read_helpers(), cpus_ - 1);
+  unsigned helpers = std::min(default_read_helpers(), cpus_ - 1);
+  if (!engine->wants_helpers() || plan.bytes < kHelperMinBytes || plan.reqs.size() < 4) helpers = 0;
   size_t chunks = 1;
   if (helpers > 0) {
     uint64_t chunk = std::clamp(plan.bytes / kChunksPerBatch, kMinChunkBytes, kMaxChunkBytes);

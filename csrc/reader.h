@@ -11,10 +11,10 @@
 // index; records that follow each other both in the batch and in the file
 // are merged into one request (up to 4 MiB); the whole batch lands in one
 // block from the buffer pool; and each request's records are verified as
-// soon as it completes, while later requests are still in flight. A batch of
-// at least 256 KiB read through io_uring is cut into chunks that the caller
-// and a pool helper (FFRECORD_READ_HELPERS) claim in turn, each through its
-// own ring, so copies and checksums run on two CPUs where the machine has them.
+// soon as it completes, while later requests are still in flight. With
+// FFRECORD_READ_HELPERS=1, a batch of at least 256 KiB read through io_uring
+// is cut into chunks that the caller and a pool helper claim in turn, each
+// through its own ring, so copies and checksums run on two CPUs.
 #pragma once
 
 #include <sys/types.h>

