@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 
 #include "crc.h"
 #include "error.h"
@@ -357,16 +358,18 @@ void CheckpointFileWriter::abort() noexcept {
 
 namespace {
 constexpr uint64_t kDirectPart = uint64_t(1) << 20;  // parts this large are read in place
-constexpr uint64_t kReadPiece = uint64_t(1) << 20;   // hashed right after each piece lands
+constexpr uint64_t kReadPiece = uint64_t(4) << 20;   // one read; hashed right after it lands
 constexpr uint64_t kRunBytes = uint64_t(4) << 20;    // small parts coalesced up to this span
 constexpr uint64_t kRunGap = 4096;                   // ... when at most this far apart
+constexpr size_t kReadThreads = 4;                   // reads in flight
 }  // namespace
 
 CheckpointFileReader::CheckpointFileReader(const std::string& path) : path_(path) {
   file_ = RecordFile::open(path);
   fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd_ < 0) throw_io(path, "cannot open", errno);
-  ::posix_fadvise(fd_, 0, 0, POSIX_FADV_SEQUENTIAL);  // checkpoints are read front to back
+  // No access-pattern advice: with several readers in flight, SEQUENTIAL
+  // measured three times slower than the default on a cold cache.
 }
 
 CheckpointFileReader::~CheckpointFileReader() {
@@ -403,37 +406,89 @@ int64_t CheckpointFileReader::read_verified(const ReadPart* parts, size_t n) {
       throw_format(path_, "part lies outside record " + std::to_string(p.record));
     at[i] = e.offset + p.offset;
   }
-  size_t i = 0;
-  while (i < n) {
-    const ReadPart& p = parts[i];
-    if (p.length >= kDirectPart) {
-      uint32_t crc = 0;
-      for (uint64_t done = 0; done < p.length; done += kReadPiece) {
-        uint64_t k = std::min(kReadPiece, p.length - done);
-        pread_all(p.dst + done, k, at[i] + done);
-        crc = crc32c(p.dst + done, k, crc);
-      }
-      if (crc != p.crc) return static_cast<int64_t>(i);
+
+  // Tasks, in file order: a piece of a large part (read in place), or a run
+  // of small parts close together (one read into a bounce buffer, then each
+  // part hashed and copied out). Several threads take tasks in order, so
+  // several reads are in flight: cold reads need the queue depth.
+  struct Task {
+    size_t first, last;   // parts [first, last]; one part for a piece
+    uint64_t begin, size;  // a piece: bytes [begin, begin + size) of part `first`
+    bool piece;
+    uint32_t crc;  // a piece's CRC32C, combined per part afterwards
+    int64_t bad;   // a run: the first part in it that did not match, or -1
+  };
+  std::vector<Task> tasks;
+  for (size_t i = 0; i < n;) {
+    if (parts[i].length >= kDirectPart) {
+      for (uint64_t b = 0; b < parts[i].length; b += kReadPiece)
+        tasks.push_back({i, i, b, std::min(kReadPiece, parts[i].length - b), true, 0, -1});
       ++i;
       continue;
     }
-    // A run of small parts close together: one read, then copy out.
     size_t j = i + 1;
-    uint64_t end = at[i] + p.length;
+    uint64_t end = at[i] + parts[i].length;
     while (j < n && parts[j].length < kDirectPart && at[j] >= end && at[j] - end <= kRunGap &&
            at[j] + parts[j].length - at[i] <= kRunBytes) {
       end = at[j] + parts[j].length;
       ++j;
     }
-    uint64_t span = end - at[i];
-    if (bounce_.size() < span) bounce_.resize(span);
-    pread_all(bounce_.data(), span, at[i]);
-    for (size_t k = i; k < j; ++k) {
-      const uint8_t* src = bounce_.data() + (at[k] - at[i]);
-      if (crc32c(src, parts[k].length) != parts[k].crc) return static_cast<int64_t>(k);
-      if (parts[k].length) std::memcpy(parts[k].dst, src, parts[k].length);
-    }
+    tasks.push_back({i, j - 1, at[i], end - at[i], false, 0, -1});
     i = j;
+  }
+
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex mu;
+  std::exception_ptr error;
+  auto work = [&]() {
+    std::vector<uint8_t> bounce;
+    try {
+      for (size_t t; !failed.load(std::memory_order_relaxed) && (t = next.fetch_add(1)) < tasks.size();) {
+        Task& task = tasks[t];
+        if (task.piece) {
+          uint8_t* dst = parts[task.first].dst + task.begin;
+          pread_all(dst, task.size, at[task.first] + task.begin);
+          task.crc = crc32c(dst, task.size);  // still in cache
+          continue;
+        }
+        if (bounce.size() < task.size) bounce.resize(task.size);
+        pread_all(bounce.data(), task.size, task.begin);
+        for (size_t k = task.first; k <= task.last; ++k) {
+          const uint8_t* src = bounce.data() + (at[k] - task.begin);
+          if (crc32c(src, parts[k].length) != parts[k].crc) {
+            task.bad = static_cast<int64_t>(k);
+            break;
+          }
+          if (parts[k].length) std::memcpy(parts[k].dst, src, parts[k].length);
+        }
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!error) error = std::current_exception();
+      failed = true;
+    }
+  };
+  const size_t nthreads = std::min<size_t>(kReadThreads, tasks.size());
+  std::vector<std::thread> pool;
+  for (size_t k = 1; k < nthreads; ++k) pool.emplace_back(work);
+  work();
+  for (auto& th : pool) th.join();
+  if (error) std::rethrow_exception(error);
+
+  // The first part, in order, whose bytes do not match.
+  for (size_t t = 0; t < tasks.size();) {
+    const Task& task = tasks[t];
+    if (!task.piece) {
+      if (task.bad >= 0) return task.bad;
+      ++t;
+      continue;
+    }
+    uint32_t crc = 0;
+    size_t part = task.first;
+    for (; t < tasks.size() && tasks[t].piece && tasks[t].first == part; ++t)
+      crc = crc32c_combine(crc, tasks[t].crc, tasks[t].size);
+    if (crc != parts[part].crc) return static_cast<int64_t>(part);
   }
   return -1;
 }

@@ -137,12 +137,14 @@ struct ReadPart {
 };
 
 // Reads checkpoint data files: parts of records straight into their final
-// memory, each piece hashed right after it lands (still in cache), so the
-// checksum costs no second pass over memory. Small parts that lie close
-// together in the file (tensors packed into one record) are read with one
-// pread into a reused bounce buffer and copied out. The file is opened and
+// memory, each 4 MiB piece hashed right after it lands (still in cache), so
+// the checksum costs no second pass over memory; piece checksums are
+// combined per part. Small parts that lie close together in the file
+// (tensors packed into one record) are read with one pread into a bounce
+// buffer and copied out. A few threads read in file order, keeping several
+// reads in flight (cold reads need the queue depth). The file is opened and
 // validated as any record file (RecordFile::open); offsets come from its
-// index, never from the caller. One thread uses a reader at a time.
+// index, never from the caller. One thread calls a reader at a time.
 class CheckpointFileReader {
  public:
   explicit CheckpointFileReader(const std::string& path);  // throws Error
@@ -165,7 +167,6 @@ class CheckpointFileReader {
   std::string path_;
   std::unique_ptr<class RecordFile> file_;
   int fd_ = -1;
-  std::vector<uint8_t> bounce_;
 };
 
 // fsync of a file or directory by path. Throws Error(kIo).

@@ -99,6 +99,21 @@ def test_flipped_byte_names_the_tensor(tmp_path):
         ck.load(tmp_path / "c")
 
 
+def test_flipped_byte_in_a_large_tensor_read_in_pieces(tmp_path):
+    # Large tensors are read in 4 MiB pieces by several threads; a flip in a
+    # later piece must still be caught and named.
+    big = torch.randn(3 << 20)  # 12 MiB
+    state = {"a": torch.randn(10), "big": big, "z": torch.randn(300_000)}
+    ck.save(state, tmp_path / "c")
+    data = tmp_path / "c" / "data-00000.ffr"
+    at = data.read_bytes().index(big.numpy().tobytes()[:64])
+    flip_byte(data, at + (9 << 20) + 77)
+    with pytest.raises(ffrecord.ChecksumError, match=r"\['big'\]"):
+        ck.load(tmp_path / "c")
+    got = ck.load(tmp_path / "c", keys=["a", "z"])
+    assert torch.equal(got["a"], state["a"]) and torch.equal(got["z"], state["z"])
+
+
 def test_damaged_or_missing_files_are_format_errors(tmp_path):
     ck.save({"t": torch.randn(5000)}, tmp_path / "c")
     data = tmp_path / "c" / "data-00000.ffr"
