@@ -22,7 +22,9 @@ data is fsynced; loads run "warm" (page cache filled by a previous load) and
 "cold" (every file of the checkpoint dropped from the page cache with
 posix_fadvise(DONTNEED) after an fsync); every load ends by reading one byte
 of each page of the result (safetensors maps the file and reads lazily, so
-it pays its reads there). Each figure is the median of --repeats runs. async_save is measured separately: the time the caller is
+it pays its reads there). The repeats are interleaved (fio and every method
+once per round), so a busy moment of a shared machine hits them alike; each
+cell gives the median and the best of --repeats rounds. async_save is measured separately: the time the caller is
 blocked, and the time until the future resolves.
 
     python benchmarks/bench_checkpoint.py                 # defaults: 4 layers (~1.24 GB)
@@ -228,59 +230,41 @@ def touch(obj):
             t.reshape(-1).view(torch.uint8)[::4096].sum()
 
 
-def run_method(method, state, workdir, repeats):
+def run_method_once(method, state, workdir, like, out):
+    """One save, one cold load, one warm load; appends seconds to ``out``."""
     path = os.path.join(workdir, f"ckpt-{method.name}")
-    saves_ret, saves_dur, warm, cold = [], [], [], []
-    like = empty_like_state(state) if isinstance(method, Dcp) else None
-    for _ in range(repeats):
-        remove(path)
-        t0 = time.perf_counter()
-        returned = method.save(state, path)
-        t1 = time.perf_counter()
-        saves_dur.append(t1 - t0)
-        saves_ret.append((returned or t1) - t0)
-        drop_cache(path)
-        t0 = time.perf_counter()
-        out = method.load(path, like)
-        touch(out)
-        cold.append(time.perf_counter() - t0)
-        del out
-        t0 = time.perf_counter()
-        out = method.load(path, like)
-        touch(out)
-        warm.append(time.perf_counter() - t0)
-        del out
-    size = disk_usage(path)
     remove(path)
-    return {
-        "save_returned": statistics.median(saves_ret),
-        "save_durable": statistics.median(saves_dur),
-        "load_warm": statistics.median(warm),
-        "load_cold": statistics.median(cold),
-        "bytes_on_disk": size,
-    }
+    t0 = time.perf_counter()
+    returned = method.save(state, path)
+    t1 = time.perf_counter()
+    out.setdefault("save_durable", []).append(t1 - t0)
+    out.setdefault("save_returned", []).append((returned or t1) - t0)
+    drop_cache(path)
+    for key in ("load_cold", "load_warm"):
+        t0 = time.perf_counter()
+        loaded = method.load(path, like)
+        touch(loaded)
+        out.setdefault(key, []).append(time.perf_counter() - t0)
+        del loaded
+    out["bytes_on_disk"] = [disk_usage(path)]
+    remove(path)
 
 
-def run_fio(workdir, nbytes, repeats):
-    """fio sequential write (O_DIRECT, fsync at end) and cold read; seconds for nbytes."""
-    if shutil.which("fio") is None:
-        return None
+def run_fio_once(workdir, nbytes, out):
+    """fio sequential write (O_DIRECT, fsync at the end) and cold read of a
+    fresh file of the same size; appends seconds to ``out``."""
     path = os.path.join(workdir, "fio.dat")
     size_mb = max(8, nbytes // (1 << 20))
-    writes, reads = [], []
-    for _ in range(repeats):
-        remove(path)  # a fresh file each time, as a checkpoint save allocates one
-        for rw, out in (("write", writes), ("read", reads)):
-            cmd = ["fio", "--name=ceiling", f"--filename={path}", f"--rw={rw}", "--bs=8m", f"--size={size_mb}m",
-                   "--direct=1", "--ioengine=libaio", "--iodepth=4", "--output-format=json"]
-            if rw == "write":
-                cmd.append("--end_fsync=1")
-            res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
-            job = res["jobs"][0][rw]
-            out.append(job["io_bytes"] / (job["bw_bytes"] or 1))  # seconds
+    remove(path)  # a fresh file each time, as a checkpoint save allocates one
+    for rw, key in (("write", "save_durable"), ("read", "load_cold")):
+        cmd = ["fio", "--name=ceiling", f"--filename={path}", f"--rw={rw}", "--bs=8m", f"--size={size_mb}m",
+               "--direct=1", "--ioengine=libaio", "--iodepth=4", "--output-format=json"]
+        if rw == "write":
+            cmd.append("--end_fsync=1")
+        res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+        job = res["jobs"][0][rw]
+        out.setdefault(key, []).append(job["io_bytes"] / (job["bw_bytes"] or 1) * nbytes / (size_mb << 20))
     remove(path)
-    scale = nbytes / (size_mb << 20)
-    return {"save_durable": statistics.median(writes) * scale, "load_cold": statistics.median(reads) * scale}
 
 
 def run_async(state, workdir, repeats, cap):
@@ -306,16 +290,20 @@ def run_async(state, workdir, repeats, cap):
 
 # ---- report ----------------------------------------------------------------------
 
-def fmt_row(name, r, nbytes, fio):
+def fmt_row(name, runs, nbytes, fio):
     def cell(key):
-        if r.get(key) is None:
+        if key not in runs:
             return "—"
-        return f"{r[key]:.3f} s ({nbytes / r[key] / GB:.2f} GB/s)"
+        med = statistics.median(runs[key])
+        return f"{med:.3f} s ({nbytes / med / GB:.2f} GB/s; best {min(runs[key]):.3f})"
 
-    ratio_s = f"{fio['save_durable'] / r['save_durable']:.2f}x" if fio and r.get("save_durable") else "—"
-    ratio_l = f"{fio['load_cold'] / r['load_cold']:.2f}x" if fio and r.get("load_cold") else "—"
-    return (f"| {name} | {cell('save_returned')} | {cell('save_durable')} | {ratio_s} | {cell('load_warm')} | "
-            f"{cell('load_cold')} | {ratio_l} |")
+    def ratio(key):
+        if not fio or key not in runs:
+            return "—"
+        return f"{statistics.median(fio[key]) / statistics.median(runs[key]):.2f}x"
+
+    return (f"| {name} | {cell('save_returned')} | {cell('save_durable')} | {ratio('save_durable')} | "
+            f"{cell('load_warm')} | {cell('load_cold')} | {ratio('load_cold')} |")
 
 
 def main():
@@ -337,21 +325,31 @@ def main():
           f"torch {torch.__version__}, workdir {args.workdir}")
     for title, state in workloads:
         nbytes = tensor_bytes(state)
-        fio = run_fio(args.workdir, nbytes, args.repeats)
+        runs = {m.name: {} for m in methods}
+        fio = {} if shutil.which("fio") else None
+        likes = {m.name: empty_like_state(state) if isinstance(m, Dcp) else None for m in methods}
+        # Interleaved: every repeat runs fio and each method once, so a busy
+        # moment on a shared machine falls on all of them alike.
+        for _ in range(args.repeats):
+            if fio is not None:
+                run_fio_once(args.workdir, nbytes, fio)
+            for m in methods:
+                run_method_once(m, state, args.workdir, likes[m.name], runs[m.name])
+        del likes
         print(f"\n### {title}: {nbytes / GB:.3f} GB of tensors, "
-              f"{sum(1 for _ in _leaves(state))} tensors; median of {args.repeats}\n")
+              f"{sum(1 for _ in _leaves(state))} tensors; median of {args.repeats} (best)\n")
         print("| method | save returned | save durable | durable vs fio | load warm | load cold | cold vs fio |")
         print("|---|---|---|---|---|---|---|")
         if fio:
-            print(f"| fio (ceiling) | — | {fio['save_durable']:.3f} s ({nbytes / fio['save_durable'] / GB:.2f} GB/s) | 1.00x "
-                  f"| — | {fio['load_cold']:.3f} s ({nbytes / fio['load_cold'] / GB:.2f} GB/s) | 1.00x |")
+            print(fmt_row("fio (ceiling)", fio, nbytes, fio))
         for m in methods:
-            r = run_method(m, state, args.workdir, args.repeats)
-            print(fmt_row(m.name, r, nbytes, fio), flush=True)
+            print(fmt_row(m.name, runs[m.name], nbytes, fio), flush=True)
+        sync = statistics.median(runs["ffrecord"]["save_durable"]) if "ffrecord" in runs else None
         for cap in (None, args.staging_cap):
             a = run_async(state, args.workdir, args.repeats, cap)
             label = "unbounded staging" if cap is None else f"max_staging_bytes={cap >> 20} MiB"
-            print(f"\nasync_save ({label}): caller blocked {a['blocked']:.3f} s "
+            share = f" = {a['blocked'] / sync:.0%} of a synchronous save" if sync else ""
+            print(f"\nasync_save ({label}): caller blocked {a['blocked']:.3f} s{share} "
                   f"(first call, fresh staging buffer: {a['first_blocked']:.3f} s), "
                   f"until durable {a['total']:.3f} s", flush=True)
         del state
