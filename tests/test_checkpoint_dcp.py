@@ -32,7 +32,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
 def run_ranks(*args):
     res = subprocess.run([sys.executable, RANKS, *map(str, args)], capture_output=True, text=True, timeout=240)
-    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-4000:]
+    assert res.returncode == 0 and "OK" in res.stdout, (res.returncode, res.stdout[-1000:], res.stderr[-4000:])
 
 
 def empty_like_global():

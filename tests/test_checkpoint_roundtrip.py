@@ -104,7 +104,7 @@ def test_plain_values_round_trip_with_their_types(tmp_path):
         2.5: "float key",
         (1, "x"): "tuple key",
         None: "none key",
-        True: "bool key",
+        False: "bool key",
         b"k": "bytes key",
         "odict": od,
         "dtype": torch.bfloat16,
