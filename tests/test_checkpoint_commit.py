@@ -142,6 +142,9 @@ def test_overwrite_replaces_atomically_and_refuses_foreign_paths(tmp_path):
     with pytest.raises(FileExistsError, match="not a checkpoint"):
         ck.save({"v": 3}, tmp_path / "notes")
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+    (tmp_path / "empty").mkdir()  # an empty directory made ready for it is fine
+    ck.save({"v": 4}, tmp_path / "empty")
+    assert ck.load(tmp_path / "empty") == {"v": 4}
     (tmp_path / "file").write_text("x")
     with pytest.raises(FileExistsError):
         ck.save({"v": 3}, tmp_path / "file")

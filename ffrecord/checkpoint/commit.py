@@ -147,8 +147,8 @@ class DirectoryCommit:
     removes it and leaves ``target`` untouched.
 
     An existing ``target`` must be a checkpoint directory (one with a
-    manifest): anything else is refused with FileExistsError rather than
-    replaced.
+    manifest) or an empty directory: anything else is refused with
+    FileExistsError rather than replaced.
     """
 
     def __init__(self, target):
@@ -164,10 +164,11 @@ class DirectoryCommit:
         self.committed = False
 
     def _check_replaceable(self):
-        if os.path.lexists(self.target) and not is_checkpoint_dir(self.target):
-            raise FileExistsError(
-                17, "exists and is not a checkpoint directory; refusing to replace it", self.target
-            )
+        if not os.path.lexists(self.target) or is_checkpoint_dir(self.target):
+            return
+        if os.path.isdir(self.target) and not os.path.islink(self.target) and not os.listdir(self.target):
+            return  # an empty directory made ready for the checkpoint
+        raise FileExistsError(17, "exists and is not a checkpoint directory; refusing to replace it", self.target)
 
     def path(self, name):
         return os.path.join(self.tmp, name)
