@@ -135,3 +135,36 @@ def test_write_record_releases_the_gil(tmp_path):
         t.join()
     w.abort()
     assert during > 3  # the other thread kept running while bytes were copied and hashed
+
+
+def test_reader_reads_parts_in_place_and_names_the_first_bad_one(tmp_path):
+    p = str(tmp_path / "x.ffr")
+    big, small = _rand(9 << 20, 5), _rand(100_000, 6)  # big: several 4 MiB pieces
+    w = _core.CheckpointFileWriter(p)
+    w.write_record([big], 64, 0)
+    _, _, _, offs, crcs, _ = w.write_record([small[:10], small[10:5000], small[5000:]], 64, 0)
+    w.finish()
+    r = _core.CheckpointFileReader(p)
+    assert r.records == 2 and r.record_length(0) == big.size
+    dst = [np.empty(big.size, np.uint8), np.empty(10, np.uint8), np.empty(4990, np.uint8), np.empty(95_000, np.uint8)]
+
+    def read(crc_list, records=(0, 1, 1, 1), offsets=(0, *offs)):
+        return r.read_verified(
+            np.array(records, np.uint64), np.array(offsets, np.uint64), np.array([d.size for d in dst], np.uint64),
+            np.array(crc_list, np.uint32), np.array([d.ctypes.data for d in dst], np.uint64),
+        )
+
+    good = [_core.crc32c(big), *crcs]
+    assert read(good) == -1
+    assert np.array_equal(dst[0], big) and np.array_equal(np.concatenate(dst[1:]), small)
+    assert read([good[0], good[1], good[2] ^ 1, good[3]]) == 2  # a packed part
+    assert read([good[0] ^ 1, *good[1:]]) == 0  # a large part, read in pieces
+    with pytest.raises(IndexError):
+        read(good, records=(0, 1, 1, 7))
+    with pytest.raises(ffrecord.FormatError, match="outside"):
+        read(good, offsets=(0, offs[0], offs[1], offs[2] + 1))
+    with pytest.raises(IndexError):
+        r.record_length(2)
+    with pytest.raises(ValueError, match="equally long"):
+        r.read_verified(np.zeros(1, np.uint64), np.zeros(2, np.uint64), np.zeros(1, np.uint64),
+                        np.zeros(1, np.uint32), np.zeros(1, np.uint64))
