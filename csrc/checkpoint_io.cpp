@@ -92,12 +92,7 @@ CheckpointFileWriter::CheckpointFileWriter(std::string path, CheckpointWriterOpt
       free_.push_back(i);
     }
     for (unsigned i = 0; i < options_.io_threads; ++i) threads_.emplace_back([this] { io_loop(); });
-    format::FileHeader h{};
-    std::memcpy(h.magic, format::kMagic, sizeof(h.magic));
-    h.version = format::kVersion2;
-    h.flags = format::kHeaderFlagAligned;
-    h.alignment = static_cast<uint32_t>(kAlignment);
-    h.header_crc = crc32c(&h, offsetof(format::FileHeader, header_crc));
+    const format::FileHeader h = format::make_header(static_cast<uint32_t>(kAlignment));
     put(reinterpret_cast<const uint8_t*>(&h), sizeof(h), 0);
   } catch (...) {
     abort();
@@ -307,9 +302,7 @@ void CheckpointFileWriter::finish(const std::string& metadata) {
   put(reinterpret_cast<const uint8_t*>(metadata.data()), metadata.size(), 0);
   ft.dict_offset = pos_;
   ft.keys_offset = pos_;
-  ft.version = format::kVersion2;
-  std::memcpy(ft.magic, format::kMagic, sizeof(ft.magic));
-  ft.footer_crc = crc32c(&ft, offsetof(format::FileFooter, footer_crc));
+  format::seal_footer(ft);
   put(reinterpret_cast<const uint8_t*>(&ft), sizeof(ft), 0);
   const uint64_t size = pos_;
   if (current_ >= 0 && fill_) {

@@ -69,6 +69,12 @@ struct FileFooter {             // the last 96 bytes of the file
 static_assert(sizeof(FileFooter) == 96, "FORMAT.md: footer is 96 bytes");
 inline constexpr size_t kFooterSize = sizeof(FileFooter);
 
+// A v2 header for records aligned to `alignment` (1 = packed), with magic,
+// version, flags and checksum filled in.
+FileHeader make_header(uint32_t alignment);
+// Fills in a footer's version, magic and checksum once its other fields are set.
+void seal_footer(FileFooter& footer);
+
 // ---- v1 (read only) ---------------------------------------------------------
 // u32 meta_crc | u64 N | u32 crc[N] | u64 offset[N] | data; zlib CRC32.
 inline constexpr size_t kV1PrefixSize = 12;

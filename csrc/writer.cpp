@@ -48,12 +48,7 @@ Writer::Writer(std::string path, WriterOptions options) : path_(std::move(path))
   }
   if (fd_ < 0) throw_io(path_, "cannot create a unique temporary file", EEXIST);
   buffer_.resize(kBufferSize);
-  format::FileHeader h{};
-  std::memcpy(h.magic, format::kMagic, sizeof(h.magic));
-  h.version = format::kVersion2;
-  h.flags = options_.alignment > 1 ? format::kHeaderFlagAligned : 0;
-  h.alignment = options_.alignment;
-  h.header_crc = crc32c(&h, offsetof(format::FileHeader, header_crc));
+  const format::FileHeader h = format::make_header(options_.alignment);
   try {
     append(&h, sizeof(h));
   } catch (...) {
@@ -171,9 +166,7 @@ void Writer::close() {
     append(block.data(), block.size());
   }
   ft.aux_crc = aux;
-  ft.version = format::kVersion2;
-  std::memcpy(ft.magic, format::kMagic, sizeof(ft.magic));
-  ft.footer_crc = crc32c(&ft, offsetof(format::FileFooter, footer_crc));
+  format::seal_footer(ft);
   append(&ft, sizeof(ft));
   flush();
   if (::fsync(fd_) != 0) fail_io("fsync failed", errno);

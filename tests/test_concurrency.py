@@ -65,6 +65,29 @@ def test_forked_children_read_correctly(dataset, engine):
     assert codes == [0, 0, 0]
 
 
+def ticks_during(work):
+    """Runs `work(spans)` beside a pure-Python counter thread; returns how many
+    counter ticks fell inside the (start, end) spans that `work` recorded."""
+    ticks = []
+    stop = threading.Event()
+
+    def counter():
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0)
+
+    spans = []
+    c = threading.Thread(target=counter)
+    c.start()
+    try:
+        work(spans)
+    finally:
+        stop.set()
+        c.join()
+    ticks = np.array(ticks)
+    return sum(int(((ticks > a) & (ticks < b)).sum()) for a, b in spans)
+
+
 def test_gil_is_released_during_batch_reads(tmp_path, monkeypatch):
     # Two threads each run a CRC-heavy batch read; if the GIL were held, a
     # pure-Python counter thread would make no progress while they run.
@@ -73,54 +96,30 @@ def test_gil_is_released_during_batch_reads(tmp_path, monkeypatch):
     p = write_file(tmp_path / "g.ffr", [big] * 8)
     r = ffrecord.FileReader(p)
     r.read(range(8))  # warm the page cache
-    ticks = []
-    stop = threading.Event()
 
-    def counter():
-        while not stop.is_set():
-            ticks.append(time.perf_counter())
-            time.sleep(0)
+    def work(spans):
+        def reader():
+            for _ in range(5):
+                t0 = time.perf_counter()
+                r.read(range(8))
+                spans.append((t0, time.perf_counter()))
 
-    inside = []
+        workers = [threading.Thread(target=reader) for _ in range(2)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
 
-    def reader():
-        for _ in range(5):
-            t0 = time.perf_counter()
-            r.read(range(8))
-            inside.append((t0, time.perf_counter()))
-
-    c = threading.Thread(target=counter)
-    c.start()
-    workers = [threading.Thread(target=reader) for _ in range(2)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    stop.set()
-    c.join()
-    ticks = np.array(ticks)
-    during = sum(int(((ticks > a) & (ticks < b)).sum()) for a, b in inside)
-    assert during > 0, "no Python code ran while batch reads were in progress"
+    assert ticks_during(work) > 0, "no Python code ran while batch reads were in progress"
 
 
 def test_gil_is_released_during_crc32c():
     data = np.zeros(64 << 20, dtype=np.uint8)
-    ticks = []
-    stop = threading.Event()
 
-    def counter():
-        while not stop.is_set():
-            ticks.append(time.perf_counter())
-            time.sleep(0)
+    def work(spans):
+        for _ in range(5):
+            t0 = time.perf_counter()
+            ffrecord._core.crc32c(data)
+            spans.append((t0, time.perf_counter()))
 
-    c = threading.Thread(target=counter)
-    c.start()
-    spans = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        ffrecord._core.crc32c(data)
-        spans.append((t0, time.perf_counter()))
-    stop.set()
-    c.join()
-    ticks = np.array(ticks)
-    assert sum(int(((ticks > a) & (ticks < b)).sum()) for a, b in spans) > 0
+    assert ticks_during(work) > 0, "no Python code ran while CRC32C was computed"

@@ -33,6 +33,7 @@ import time
 import warnings
 
 from .. import _core
+from .._process import pid_alive
 from .layout import is_checkpoint_dir
 
 __all__ = ["DirectoryCommit", "resolve_for_load", "sync_point"]
@@ -67,15 +68,7 @@ def _owner_alive(entry_suffix):
         return False
     if host != _host():
         return None  # unknown: another machine
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid == os.getpid() or pid_alive(pid)
 
 
 def _siblings(parent, name, tag):

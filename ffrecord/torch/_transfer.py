@@ -35,6 +35,8 @@ import weakref
 import torch
 from torch.utils.data import get_worker_info
 
+from .._process import pid_alive
+
 SLOTS = 8
 MAX_RING_BYTES = 256 << 20
 _HEADER = 64  # flag bytes, one per slot
@@ -176,14 +178,6 @@ def _release(flags, slot, pid):
         flags[slot] = 0
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def import_(handle):
@@ -194,7 +188,7 @@ def import_(handle):
         if payload is not None:
             tensor, retires, slots, slot_bytes = payload
             _attached.pop(retires, None)
-            for key in [k for k in _attached if k[0] != ring_id[0] and not _alive(k[0])]:
+            for key in [k for k in _attached if k[0] != ring_id[0] and not pid_alive(k[0])]:
                 del _attached[key]  # rings of workers that have exited
             _attached[ring_id] = (tensor.numpy(), slots, slot_bytes)
         entry = _attached.get(ring_id)
