@@ -73,7 +73,7 @@ def test_crc32c_known_answers():
 def test_crc32c_hardware_lanes_agree_with_the_definition():
     rng = np.random.default_rng(1)
     core = ffrecord._core
-    for n in [0, 1, 7, 8, 255, 256, 767, 768, 769, 24575, 24576, 24577, 100_003]:
+    for n in [0, 1, 7, 8, 255, 256, 511, 512, 513, 767, 768, 769, 1024, 24575, 24576, 24577, 100_003]:
         data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
         assert core.crc32c(data) == crc32c_bitwise(data)
         # Extension: crc(a + b) == crc(b, crc(a)) at every split.
@@ -81,21 +81,31 @@ def test_crc32c_hardware_lanes_agree_with_the_definition():
         assert core.crc32c(data[cut:], core.crc32c(data[:cut])) == core.crc32c(data)
 
 
-def test_crc32c_large_buffers_match_a_slow_reference():
-    # Long inputs exercise the 3-lane path and its shift tables; compare with
-    # the table implementation computed in a subprocess where it is forced.
+@pytest.mark.parametrize("impl", ["table", "sse4.2"])
+def test_every_crc32c_implementation_agrees(impl):
+    # Long inputs exercise the folding path (when the CPU has it) and the
+    # 3-lane path with its shift tables; each implementation is forced in a
+    # subprocess and compared with the one this process chose.
     import subprocess
     import sys
 
     rng = np.random.default_rng(2)
-    data = rng.integers(0, 256, 3 * 8192 * 5 + 3 * 256 * 3 + 13, dtype=np.uint8)
-    code = "import sys, ffrecord; print(ffrecord._core.crc32c_impl(), ffrecord._core.crc32c(sys.stdin.buffer.read()))"
+    sizes = [3 * 8192 * 5 + 3 * 256 * 3 + 13, 256, 511, 512, 513, 4096 + 77, 1 << 20]
+    blobs = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in sizes]
+    code = (
+        "import sys, ffrecord; data = sys.stdin.buffer.read(); print(ffrecord._core.crc32c_impl()); "
+        f"sizes = {sizes}; pos = 0\n"
+        "for n in sizes:\n    print(ffrecord._core.crc32c(data[pos:pos + n], 7)); pos += n"
+    )
     out = subprocess.run(
-        [sys.executable, "-c", code], input=data.tobytes(), capture_output=True,
-        env=dict(os.environ, FFRECORD_CRC32C="table"), check=True,
+        [sys.executable, "-c", code], input=b"".join(blobs), capture_output=True,
+        env=dict(os.environ, FFRECORD_CRC32C=impl), check=True,
     ).stdout.split()
-    assert out[0] == b"table"
-    assert int(out[1]) == ffrecord._core.crc32c(data)
+    if impl == "sse4.2" and out[0] == b"table":
+        pytest.skip("this CPU has no SSE4.2")
+    assert out[0].decode() == impl
+    assert [int(v) for v in out[1:]] == [ffrecord._core.crc32c(b, 7) for b in blobs]
+    assert crc32c_bitwise(blobs[1], 7) == ffrecord._core.crc32c(blobs[1], 7)
 
 
 def test_zlib_crc32_matches_zlib():
