@@ -182,7 +182,7 @@ struct FoldPair {
   uint64_t for_second_half;  // multiplies its last 8 bytes
 };
 
-FoldPair fold_constants(unsigned distance_bytes) {
+FoldPair fold_constants(unsigned distance_bytes) {  // distance_bytes >= 1
   return {reflect64(xpow_mod(8 * distance_bytes + 64 - 1)), reflect64(xpow_mod(8 * distance_bytes - 1))};
 }
 
@@ -190,10 +190,10 @@ constexpr size_t kFoldBlock = 256;
 
 struct FoldTables {
   FoldPair main;            // distance 256: one loop iteration
-  FoldPair to_last[16];     // lane i of the last block -> lane 15
+  FoldPair to_last[15];     // lane i of the last block -> lane 15 (16 * (15 - i) bytes on)
   FoldTables() {
     main = fold_constants(kFoldBlock);
-    for (unsigned i = 0; i < 16; ++i) to_last[i] = fold_constants(16 * (15 - i));
+    for (unsigned i = 0; i < 15; ++i) to_last[i] = fold_constants(16 * (15 - i));
   }
 };
 
