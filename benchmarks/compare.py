@@ -204,8 +204,7 @@ class Dataset:
         lengths = self.wl.lengths()
         offsets = np.zeros(self.wl.n + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        # One contiguous byte array plus offsets: the fastest layout h5py offers for
-        # variable-length blobs (a vlen dataset reads several times slower).
+        # One contiguous byte array plus offsets, each record read as a slice.
         with h5py.File(self.h5, "w") as f:
             data = f.create_dataset("data", shape=(int(offsets[-1]),), dtype=np.uint8)
             f.create_dataset("offsets", data=offsets)
