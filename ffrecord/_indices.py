@@ -33,13 +33,19 @@ def many(indices, n):
     elif isinstance(indices, (list, tuple)):
         if not indices:
             return np.empty(0, dtype=np.uint64)
-        for x in indices:
-            if not isinstance(x, (int, np.integer)) or isinstance(x, (bool, np.bool_)):
-                raise TypeError(f"record indices must be integers, got {type(x).__name__}")
+        # One vectorised conversion; numpy infers a non-integer dtype (float,
+        # bool, str, object) from any element that is not an integer.
         try:
-            arr = np.asarray(indices, dtype=np.int64)
-        except OverflowError:
-            raise IndexError(f"record index out of range for {n} records") from None
+            arr = np.asarray(indices)
+        except (ValueError, TypeError):
+            raise TypeError("record indices must be a flat sequence of integers") from None
+        if arr.dtype == object:  # integers beyond 64 bits, or mixed types
+            for x in indices:
+                if not isinstance(x, (int, np.integer)) or isinstance(x, (bool, np.bool_)):
+                    raise TypeError(f"record indices must be integers, got {type(x).__name__}")
+            raise IndexError(f"record index out of range for {n} records")
+        if arr.dtype.kind == "b":
+            raise TypeError("record indices must be integers, not bool")
     else:
         raise TypeError(
             "record indices must be a list, tuple, range or integer numpy array, "

@@ -165,6 +165,9 @@ class FileReader:
                     b = next(batches)
                 except StopIteration:
                     return
+                except Exception as e:  # the caller's iterable failed: raise it in its turn
+                    pending.append((None, e))
+                    return
                 try:
                     idx = self._physical(_indices.many(b, self.n))
                     pending.append((prefetcher.submit(idx), idx))

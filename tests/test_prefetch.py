@@ -207,3 +207,22 @@ def test_core_prefetcher_hands_out_each_ticket_once(dataset):
         p.take(t0)
     with pytest.raises(IndexError):
         p.submit(np.array([len(recs)], dtype=np.uint64))
+
+
+def test_an_error_from_the_callers_iterable_comes_after_the_batches_before_it(tmp_path):
+    p = write_file(tmp_path / "it.ffr", [bytes([i]) for i in range(10)])
+    r = ffrecord.FileReader(p)
+
+    def batches():
+        yield [0, 1]
+        yield [2]
+        raise RuntimeError("sampler broke")
+
+    got = []
+    it = r.prefetch(batches(), depth=4)
+    got.append([a.tobytes() for a in next(it)])
+    got.append([a.tobytes() for a in next(it)])
+    assert got == [[b"\x00", b"\x01"], [b"\x02"]]
+    with pytest.raises(RuntimeError, match="sampler broke"):
+        next(it)
+    r.close()
