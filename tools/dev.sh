@@ -35,6 +35,13 @@ case "$job" in
   test) exec "$VPY" -m pytest -q "$@" ;;
   bench)
     "$VPY" -m pip install -q -e ".[bench]" --no-build-isolation
+    # Mosaic Streaming (MDS) would pull another torch and torchvision build; its MDS
+    # reader and writer need neither, so it comes without dependencies.
+    "$VPY" -m pip install -q --no-deps mosaicml-streaming || echo "(MDS not installed: compared without it)"
+    "$VPY" -m pip install -q xxhash zstd Brotli python-snappy catalogue filelock || true
+    if ! command -v fio >/dev/null && [ "$(id -u)" = 0 ]; then
+      apt-get install -y -q fio >/dev/null 2>&1 || echo "(fio not installed: cold ceiling measured without it)"
+    fi
     exec "$VPY" benchmarks/compare.py "$@" ;;
   *) echo "usage: bash tools/dev.sh demo|test|bench [args...]" >&2; exit 2 ;;
 esac
