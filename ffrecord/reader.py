@@ -42,8 +42,11 @@ class FileReader:
         self.n = self._core.size
         self._decoders = {}
         self._key_index = None
-        self._file_ends = None
-        self._skip = self._dataset.quarantined_records(self._file_starts())
+        # Record counts per file, read once: file f holds [ends[f] - size_f, ends[f]).
+        sizes = [self._core.file_info(f)["records"] for f in range(self._core.num_files)]
+        self._file_ends = np.cumsum(sizes, dtype=np.int64)
+        self._file_starts = [int(e) - n for e, n in zip(self._file_ends, sizes)]
+        self._skip = self._dataset.quarantined_records(self._file_starts)
         skipped_files = len(self._dataset.skipped_files)
         if self._skip is not None or skipped_files:
             what = [f"{len(self._skip)} quarantined record(s)"] if self._skip is not None else []
@@ -201,12 +204,9 @@ class FileReader:
         self._check_open()
         if self._key_index is None:
             table = {}
-            base = 0
-            for f in range(self._core.num_files):
-                keys = self._core.file_keys(f)
-                for k, name in enumerate(keys):
+            for f, base in enumerate(self._file_starts):
+                for k, name in enumerate(self._core.file_keys(f)):
                     table.setdefault(name, base + k)
-                base += self._core.file_info(f)["records"]
             if self._visible is not None:
                 position = {int(p): v for v, p in enumerate(self._visible)}
                 table = {k: position[p] for k, p in table.items() if p in position}
@@ -247,13 +247,6 @@ class FileReader:
         if self._core is None:
             raise ValueError("I/O operation on a closed FileReader")
 
-    def _file_starts(self):
-        starts, total = [], 0
-        for f in range(self._core.num_files):
-            starts.append(total)
-            total += self._core.file_info(f)["records"]
-        return starts
-
     def _physical(self, idx):
         """Visible indices -> indices in the files (quarantined records hidden)."""
         return idx if self._visible is None else self._visible[idx]
@@ -282,9 +275,6 @@ class FileReader:
         return out
 
     def _file_of(self, physical_index):
-        if self._file_ends is None:
-            sizes = [self._core.file_info(f)["records"] for f in range(self._core.num_files)]
-            self._file_ends = np.cumsum(sizes, dtype=np.int64)
         # The first file whose records end past the index (skips empty files).
         return int(np.searchsorted(self._file_ends, physical_index, side="right"))
 
