@@ -5,7 +5,6 @@ Run with:  python -m pytest benchmarks/ --benchmark-only
 """
 
 import os
-import subprocess
 import sys
 
 # Idle OpenBLAS threads spin and steal a core on a small machine; nothing here uses BLAS.
@@ -21,7 +20,8 @@ except ImportError:  # a checkout that is not installed
     sys.path.insert(0, ROOT)
     import ffrecord  # noqa: E402
 
-ENGINES = ["io_uring", "threads", "pread"]
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from engines import ENGINES, engine  # noqa: E402,F401  (the test suite's fixture)
 
 
 class ReadSet:
@@ -57,29 +57,3 @@ def records_128k(tmp_path_factory):
     return ReadSet(path, 1_600, 128 << 10, batch=64, batches=16)
 
 
-def _io_uring_refusal():
-    code = (
-        "import os, ffrecord, tempfile\n"
-        "d = tempfile.mkdtemp(); p = os.path.join(d, 'x.ffr')\n"
-        "w = ffrecord.FileWriter(p); w.write_one(b'x'); w.close()\n"
-        "assert ffrecord.FileReader(p).engine == 'io_uring'\n"
-    )
-    env = dict(os.environ, FFRECORD_ENGINE="io_uring", PYTHONPATH=ROOT)
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    return None if res.returncode == 0 else (res.stderr.strip().splitlines() or ["unknown"])[-1]
-
-
-_REFUSAL = "unchecked"
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request, monkeypatch):
-    """Each engine in turn; io_uring is skipped (not passed) where the kernel refuses it."""
-    global _REFUSAL
-    if request.param == "io_uring":
-        if _REFUSAL == "unchecked":
-            _REFUSAL = _io_uring_refusal()
-        if _REFUSAL is not None:
-            pytest.skip(f"kernel refuses io_uring: {_REFUSAL}")
-    monkeypatch.setenv("FFRECORD_ENGINE", request.param)
-    return request.param

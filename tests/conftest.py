@@ -1,46 +1,13 @@
-"""Shared fixtures: the I/O engines, golden data, and byte-level damage helpers."""
+"""Shared fixtures: the I/O engines (tests/engines.py) and the golden v1 data."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
-import ffrecord
+from engines import ENGINES, engine  # noqa: F401  (shared with benchmarks/)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN_V1 = os.path.join(HERE, "..", "..", "shared", "testdata", "v1")
-ENGINES = ["io_uring", "threads", "pread"]
-
-
-def _io_uring_refusal():
-    """Why the kernel refuses io_uring here (None when it works)."""
-    code = (
-        "import os, ffrecord, tempfile\n"
-        "d = tempfile.mkdtemp(); p = os.path.join(d, 'x.ffr')\n"
-        "w = ffrecord.FileWriter(p); w.write_one(b'x'); w.close()\n"
-        "r = ffrecord.FileReader(p); assert r.engine == 'io_uring', r.engine\n"
-        "assert r.read_one(0).tobytes() == b'x'\n"
-    )
-    env = dict(os.environ, FFRECORD_ENGINE="io_uring")
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    return None if res.returncode == 0 else (res.stderr.strip().splitlines() or ["unknown"])[-1]
-
-
-_REFUSAL = "unchecked"
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request, monkeypatch):
-    """Runs the test once per I/O engine; io_uring is skipped where the kernel refuses it."""
-    global _REFUSAL
-    if request.param == "io_uring":
-        if _REFUSAL == "unchecked":
-            _REFUSAL = _io_uring_refusal()
-        if _REFUSAL is not None:
-            pytest.skip(f"kernel refuses io_uring: {_REFUSAL}")
-    monkeypatch.setenv("FFRECORD_ENGINE", request.param)
-    return request.param
 
 
 @pytest.fixture
