@@ -282,6 +282,17 @@ def import_streaming():
     return MDSWriter, StreamingDataset
 
 
+def clean_mds_shared_memory():
+    """Removes the shared-memory blocks a killed MDS run left in /dev/shm;
+    a later StreamingDataset in two processes fails on them otherwise."""
+    try:
+        import_streaming()
+        from streaming.base.util import clean_stale_shared_memory
+    except ImportError:
+        return
+    clean_stale_shared_memory()
+
+
 # ---- readers: one per system, each returning a batch as a list of buffers --------------------
 
 
@@ -551,12 +562,19 @@ def fio_randread(path, bs, qd, size, seconds=4):
     return r["iops"], r["bw_bytes"], " ".join(cmd)
 
 
+def direct_alignment(path):
+    """The alignment of ffrecord's O_DIRECT reads of this file (the kernel's, for its device)."""
+    with ffrecord.FileReader(path, direct=True) as r:
+        return r.file_info(0)["direct_alignment"]
+
+
 def fio_replay(ds, batches, qd, out):
-    """fio replaying exactly the 4 KiB-aligned reads ffrecord's O_DIRECT path issues."""
+    """fio replaying exactly the aligned reads ffrecord's O_DIRECT path issues."""
     offs, lens = ffrecord_spans(ds.ffr)
     idx = np.concatenate(batches)
-    a = offs[idx] // 4096 * 4096
-    e = (offs[idx] + lens[idx] + 4095) // 4096 * 4096
+    al = direct_alignment(ds.ffr)
+    a = offs[idx] // al * al
+    e = (offs[idx] + lens[idx] + al - 1) // al * al
     log_path = os.path.join(out, f"{ds.wl.name}-replay.iolog")
     with open(log_path, "w") as f:
         f.write(f"fio version 2 iolog\n{ds.ffr} add\n{ds.ffr} open\n")
@@ -941,7 +959,7 @@ def run_cold(ds, ceiling, results, out, rounds):
         results.rows.append({"workload": wl.name, "mode": "cold", "system": f"fio replaying ffrecord's reads QD{qd}",
                              "seconds": None, "records": None, "bytes": None, "records_per_s": riops,
                              "mb_per_s": None, "ceiling": key,
-                             "note": "exactly the 4 KiB-aligned spans of these records; IOPS"})
+                             "note": "exactly the aligned spans ffrecord reads for these records; IOPS"})
         log(f"  {wl.name:8} cold   fio replay QD{qd}: {riops:,.0f} IOPS")
     for name, _, _, _ in variants:
         results.add(wl, "cold", name, best[name], n, nbytes, key)
@@ -1159,6 +1177,7 @@ def main():
     mach, vers = machine(), versions()
     ceiling = Ceiling(args.out)
     results = Results()
+    clean_mds_shared_memory()
     evict_how = "drop_caches" if os.geteuid() == 0 else "posix_fadvise DONTNEED"
     for wl in wls:
         log(f"== {wl.name}: {wl.n:,} records")

@@ -174,9 +174,14 @@ PYBIND11_MODULE(_core, m) {
       .def("file_info",
            [](const Reader& r, size_t f) {
              if (f >= r.num_files()) throw py::index_error("file index out of range");
-             const RecordFile& rf = r.file(f);
+             RecordFile& rf = r.file(f);
              py::dict d;
              d["path"] = rf.path();
+             // O_DIRECT readers: the alignment their reads use (opens the descriptor).
+             if (r.options().direct) {
+               rf.direct_fd();
+               d["direct_alignment"] = rf.direct_align();
+             }
              d["version"] = rf.version();
              d["records"] = rf.size();
              d["file_size"] = rf.file_size();

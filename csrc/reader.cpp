@@ -17,7 +17,6 @@ namespace ffrecord {
 
 namespace {
 
-constexpr uint64_t kDirectAlign = 4096;
 constexpr uint64_t kMergeLimit = uint64_t(4) << 20;
 constexpr int kBadChecksum = -2;  // record error code beside kIoOk/kIoEof/errno
 // A batch this large has enough work to pay for waking a helper. It is cut
@@ -30,8 +29,8 @@ constexpr uint64_t kMinChunkBytes = uint64_t(256) << 10;
 constexpr uint64_t kMaxChunkBytes = uint64_t(4) << 20;
 constexpr uint64_t kChunksPerBatch = 8;
 
-uint64_t align_down(uint64_t x) { return x / kDirectAlign * kDirectAlign; }
-uint64_t align_up(uint64_t x) { return (x + kDirectAlign - 1) / kDirectAlign * kDirectAlign; }
+uint64_t align_down(uint64_t x, uint64_t a) { return x / a * a; }
+uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
 bool verify(const RecordFile& f, const RecordEntry& e, const uint8_t* data) {
   if (f.version() == 2) return record_crc(data, e.length, e.flags) == e.crc;
@@ -176,6 +175,7 @@ void Reader::plan_batch(Plan& plan, const uint64_t* indices, size_t n, bool merg
   uint64_t run_end = 0;      // file offset where the open run's records end
   bool run_open = false;
   int direct_fd = -1;
+  uint64_t align = 1;  // O_DIRECT alignment of direct_file
   size_t direct_file = SIZE_MAX;
   for (size_t i = 0; i < n; ++i) {
     auto [f, local] = locate(indices[i]);
@@ -199,7 +199,7 @@ void Reader::plan_batch(Plan& plan, const uint64_t* indices, size_t n, bool merg
         s.pos = reinterpret_cast<uint64_t>(rq.dst) + (e.offset - rq.offset);
         run_end += e.length;
         rq.needed = run_end - rq.offset;
-        rq.length = direct ? align_up(run_end) - rq.offset : rq.needed;
+        rq.length = direct ? align_up(run_end, align) - rq.offset : rq.needed;
         total = reinterpret_cast<uint64_t>(rq.dst) + rq.length;
         ++plan.runs.back().count;
         continue;
@@ -210,16 +210,17 @@ void Reader::plan_batch(Plan& plan, const uint64_t* indices, size_t n, bool merg
     if (direct) {
       if (direct_file != f) {
         direct_fd = files_[f]->direct_fd();
+        align = files_[f]->direct_align();
         direct_file = f;
       }
       fd = direct_fd;
-      start = align_down(e.offset);
+      start = align_down(e.offset, align);
     } else {
       fd = files_[f]->fd();
       start = e.offset;
     }
     run_end = e.offset + e.length;
-    uint64_t length = direct ? align_up(run_end) - start : e.length;
+    uint64_t length = direct ? align_up(run_end, align) - start : e.length;
     // dst holds the request's offset in the block until the block exists.
     plan.reqs.push_back({fd, start, length, run_end - start, reinterpret_cast<uint8_t*>(total)});
     plan.runs.push_back({i, 1});

@@ -33,7 +33,7 @@ namespace ffrecord {
 
 struct ReaderOptions {
   bool check_data = true;  // verify each record's checksum after reading
-  bool direct = false;     // O_DIRECT reads into 4 KiB-aligned spans of the block
+  bool direct = false;     // O_DIRECT reads into aligned spans of the block (see RecordFile::direct_align)
 };
 
 // The result of a batch read: one block, record i at block->data() + offset[i]

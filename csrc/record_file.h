@@ -51,6 +51,10 @@ class RecordFile {
   int fd() const { return fd_; }
   // A second descriptor opened with O_DIRECT on first use. Throws Error(kIo).
   int direct_fd();
+  // The offset, length and memory alignment O_DIRECT reads of this file
+  // need: what the kernel reports for it (statx STATX_DIOALIGN, often the
+  // device's 512-byte sector), else 4096. Valid after direct_fd().
+  uint32_t direct_align() const { return direct_align_; }
 
  private:
   explicit RecordFile(std::string path) : path_(std::move(path)) {}
@@ -63,6 +67,7 @@ class RecordFile {
   std::string path_;
   int fd_ = -1;
   int direct_fd_ = -1;
+  uint32_t direct_align_ = 4096;
   std::mutex direct_mu_;
   int version_ = 0;
   uint64_t file_size_ = 0;

@@ -86,7 +86,8 @@ class FileReader:
         return self._core.fallback_reason
 
     def file_info(self, f=0):
-        """Version, record count, size, alignment, metadata of file ``f``."""
+        """Version, record count, size, alignment, metadata of file ``f`` (and,
+        for ``direct=True`` readers, the O_DIRECT alignment in use)."""
         self._check_open()
         info = self._core.file_info(f)
         raw = info.pop("metadata")

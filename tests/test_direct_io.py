@@ -182,3 +182,17 @@ def test_bad_helper_setting_is_a_value_error(tmp_path, monkeypatch):
     monkeypatch.setenv("FFRECORD_READ_HELPERS", "lots")
     with pytest.raises(ValueError, match="FFRECORD_READ_HELPERS"):
         r.read([0, 2, 1, 3])
+
+
+def test_direct_alignment_is_the_kernels_and_used_for_reads(tmp_path):
+    # The alignment comes from statx(STATX_DIOALIGN) where the kernel reports
+    # it (often the 512-byte sector), else 4096; every read must still work
+    # at it, including a record that straddles an alignment boundary.
+    recs = records_of([100, 700, 3000, 5000, 9000])
+    path = write_file(tmp_path / "a.ffr", recs)
+    with ffrecord.FileReader(path, direct=True) as r:
+        align = r.file_info(0)["direct_alignment"]
+        assert align in (512, 1024, 2048, 4096)
+        assert [a.tobytes() for a in r.read([4, 1, 2, 0, 3])] == [recs[i] for i in (4, 1, 2, 0, 3)]
+    with ffrecord.FileReader(path) as r:
+        assert "direct_alignment" not in r.file_info(0)
