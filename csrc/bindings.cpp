@@ -171,6 +171,14 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("has_codec", &Reader::has_codec)
       .def_property_readonly("engine", &Reader::engine_name)
       .def_property_readonly("fallback_reason", &Reader::fallback_reason)
+      .def("stats",
+           [](const Reader& r) {
+             ReadStats st = r.stats();
+             py::dict d;
+             d["mapped_batches"] = st.mapped_batches;
+             d["engine_batches"] = st.engine_batches;
+             return d;
+           })
       .def("file_info",
            [](const Reader& r, size_t f) {
              if (f >= r.num_files()) throw py::index_error("file index out of range");

@@ -420,7 +420,8 @@ EngineKind engine_kind_from_env() {
   if (std::strcmp(v, "pread") == 0) return EngineKind::kPread;
   if (std::strcmp(v, "threads") == 0) return EngineKind::kThreads;
   if (std::strcmp(v, "io_uring") == 0) return EngineKind::kIoUring;
-  throw_value(std::string("FFRECORD_ENGINE must be auto, io_uring, threads or pread, got '") + v + "'");
+  if (std::strcmp(v, "mmap") == 0) return EngineKind::kMmap;
+  throw_value(std::string("FFRECORD_ENGINE must be auto, mmap, io_uring, threads or pread, got '") + v + "'");
 }
 
 std::unique_ptr<IoEngine> make_engine(EngineKind kind, std::string* fallback_reason) {
@@ -432,6 +433,7 @@ std::unique_ptr<IoEngine> make_engine(EngineKind kind, std::string* fallback_rea
     case EngineKind::kIoUring:
       return std::make_unique<UringEngine>(default_queue_depth());
     case EngineKind::kAuto:
+    case EngineKind::kMmap:
       try {
         return std::make_unique<UringEngine>(default_queue_depth());
       } catch (const Error& e) {

@@ -65,12 +65,16 @@ class IoEngine {
   virtual bool wants_helpers() const { return false; }
 };
 
-enum class EngineKind { kAuto, kPread, kThreads, kIoUring };
+// kMmap is not an IoEngine: it tells a Reader to copy every buffered read
+// straight from a mapping of the file (see Reader); reads that cannot be
+// mapped (O_DIRECT) then use what kAuto picks. kAuto also lets the Reader
+// copy from the mapping, but only while the records are in the page cache.
+enum class EngineKind { kAuto, kPread, kThreads, kIoUring, kMmap };
 
 // Parses FFRECORD_ENGINE (empty/unset = auto). Throws Error(kValue) on junk.
 EngineKind engine_kind_from_env();
 
-// Creates an engine of the given kind; kAuto falls back from io_uring to
+// Creates an engine of the given kind; kAuto (and kMmap) fall back from io_uring to
 // threads, recording why in *fallback_reason. A forced io_uring that the
 // kernel refuses throws Error(kIo).
 std::unique_ptr<IoEngine> make_engine(EngineKind kind, std::string* fallback_reason);

@@ -1,5 +1,7 @@
 #include "reader.h"
 
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -31,6 +33,19 @@ constexpr uint64_t kChunksPerBatch = 8;
 
 uint64_t align_down(uint64_t x, uint64_t a) { return x / a * a; }
 uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+
+// Mapped copies: records from this size on are checksummed during their copy;
+// smaller ones are copied in groups of this many bytes, then checksummed.
+constexpr uint64_t kFuseFrom = 32 << 10;
+constexpr uint64_t kGroupBytes = 256 << 10;
+// Residency checks back off to one batch in this many while the data stays cold.
+constexpr uint32_t kMaxProbeEvery = 1024;
+
+// Page faults this thread has taken that had to wait for the disk.
+long major_faults() {
+  struct rusage ru;
+  return ::getrusage(RUSAGE_THREAD, &ru) == 0 ? ru.ru_majflt : 0;
+}
 
 bool verify(const RecordFile& f, const RecordEntry& e, const uint8_t* data) {
   if (f.version() == 2) return record_crc(data, e.length, e.flags) == e.crc;
@@ -107,8 +122,10 @@ Reader::Reader(const std::vector<std::string>& paths, ReaderOptions options)
     has_codec_ = has_codec_ || files_.back()->has_codec();
   }
   // Create one engine now: a forced io_uring that the kernel refuses fails at
-  // open, not at the first read, and the engine name is known up front.
+  // open, not at the first read, and the engine name is known up front. A bad
+  // FFRECORD_READ_HELPERS also fails here, though warm batches never read it.
   release_engine(acquire_engine());
+  default_read_helpers();
 }
 
 std::pair<size_t, uint64_t> Reader::locate(uint64_t index) const {
@@ -153,8 +170,13 @@ void Reader::release_engine(std::unique_ptr<IoEngine> engine) const {
 }
 
 std::string Reader::engine_name() const {
+  if (kind_ == EngineKind::kMmap) return "mmap";
   std::lock_guard<std::mutex> lock(engines_mu_);
   return engine_name_;
+}
+
+ReadStats Reader::stats() const {
+  return {mapped_batches_.load(std::memory_order_relaxed), engine_batches_.load(std::memory_order_relaxed)};
 }
 
 std::string Reader::fallback_reason() const {
@@ -245,6 +267,126 @@ void finish_run(Slot* slots, const Run& run, int err, bool check,
 
 }  // namespace
 
+// Every file of the batch mapped and still as long as at open (one fstat per
+// distinct file). A mapping that cannot be made leaves the engine to read.
+bool Reader::mapping_usable(const Plan& plan) const {
+  thread_local std::vector<uint32_t> seen;
+  seen.clear();
+  for (const Slot& s : plan.slots) {
+    if (s.entry.length == 0 || (!seen.empty() && seen.back() == s.file)) continue;
+    if (std::find(seen.begin(), seen.end(), s.file) != seen.end()) continue;
+    seen.push_back(s.file);
+    RecordFile& f = *files_[s.file];
+    try {
+      if (!f.data_map()) return false;
+    } catch (const Error&) {
+      return false;
+    }
+    if (!f.still_full_size()) return false;
+  }
+  return true;
+}
+
+// Whether (nearly) every page of the batch's records is in the page cache.
+bool Reader::pages_resident(const Plan& plan) const {
+  thread_local std::vector<unsigned char> vec;
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  uint64_t pages = 0, missing = 0;
+  for (const Slot& s : plan.slots) {
+    const RecordEntry& e = s.entry;
+    if (e.length == 0) continue;
+    const uint64_t begin = e.offset / page * page, end = e.offset + e.length;
+    vec.resize((end - begin + page - 1) / page);
+    void* at = const_cast<uint8_t*>(files_[s.file]->data_map() + begin);
+    if (::mincore(at, end - begin, vec.data()) != 0) return false;
+    for (unsigned char v : vec) missing += !(v & 1);
+    pages += vec.size();
+  }
+  return missing * 32 <= pages;
+}
+
+// Copies the planned records (slot.ptr already set) from the file mappings,
+// verifying each during its copy. Returns false, having copied nothing, when
+// the engine should read this batch instead.
+bool Reader::copy_from_mapping(Plan& plan) const {
+  if (options_.direct || (kind_ != EngineKind::kAuto && kind_ != EngineKind::kMmap) || plan.reqs.empty())
+    return false;
+  const bool always = kind_ == EngineKind::kMmap;
+  if (!always && !mapping_on_.load(std::memory_order_relaxed)) {
+    // Cold so far: check this batch's pages once every probe_every_ batches.
+    uint32_t left = probe_in_.load(std::memory_order_relaxed);
+    if (left > 0) {
+      probe_in_.store(left - 1, std::memory_order_relaxed);
+      return false;
+    }
+    if (!mapping_usable(plan) || !pages_resident(plan)) {
+      uint32_t every = std::min(probe_every_.load(std::memory_order_relaxed) * 2, kMaxProbeEvery);
+      probe_every_.store(every, std::memory_order_relaxed);
+      probe_in_.store(every, std::memory_order_relaxed);
+      return false;
+    }
+    probe_every_.store(8, std::memory_order_relaxed);
+    mapping_on_.store(true, std::memory_order_relaxed);
+  } else if (!mapping_usable(plan)) {
+    return false;
+  }
+  const bool check = options_.check_data;
+  const long faults_before = always ? 0 : major_faults();
+  // Large records are copied and checksummed in one pass (crc32c_copy).
+  // Small ones scattered over a large file are bound by memory latency, and
+  // a plain copy keeps more cache misses in flight than the fused loop: they
+  // are copied in groups of up to kGroupBytes, then checksummed from the
+  // destination while it is still in the cache.
+  size_t copied = 0;
+  size_t group_first = 0;  // small records [group_first, i) are copied, not yet verified
+  uint64_t group_bytes = 0;
+  auto verify_group = [&](size_t end) {
+    for (size_t k = group_first; check && k < end; ++k) {
+      Slot& g = plan.slots[k];
+      if (g.entry.length && !verify(*files_[g.file], g.entry, g.ptr)) g.error = kBadChecksum;
+    }
+    group_bytes = 0;
+  };
+  const size_t n = plan.slots.size();
+  for (size_t i = 0; i < n; ++i) {
+    Slot& s = plan.slots[i];
+    const RecordEntry& e = s.entry;
+    if (e.length == 0) continue;
+    RecordFile& f = *files_[s.file];
+    const uint8_t* src = f.data_map() + e.offset;
+    ++copied;
+    if (!check || e.length < kFuseFrom) {
+      if (group_bytes + e.length > kGroupBytes) {
+        verify_group(i);
+        group_first = i;
+      }
+      std::memcpy(s.ptr, src, e.length);
+      group_bytes += e.length;
+      continue;
+    }
+    verify_group(i);
+    group_first = i + 1;
+    if (f.version() == 2) {
+      if (record_crc_copy(s.ptr, src, e.length, e.flags) != e.crc) s.error = kBadChecksum;
+    } else {
+      std::memcpy(s.ptr, src, e.length);
+      if (crc32_ieee(s.ptr, e.length) != e.crc) s.error = kBadChecksum;
+    }
+  }
+  verify_group(n);
+  if (!always) {
+    // More than a few records' pages came from the disk: the data is not (or
+    // no longer) in the page cache, and the engine reads it faster.
+    const long faults = major_faults() - faults_before;
+    if (faults > 1 && static_cast<size_t>(faults) * 32 > copied) {
+      mapping_on_.store(false, std::memory_order_relaxed);
+      probe_in_.store(probe_every_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    }
+  }
+  mapped_batches_.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
 // The requests of one batch cut into chunks; whoever claims a chunk (the
 // caller or a pool helper) reads it through an engine of its own and checks
 // each run in the completion callback, right after its bytes arrived and
@@ -334,6 +476,11 @@ class Reader::BatchJob final : public PoolTask {
 // Runs the planned requests (dst already absolute) and throws for the first
 // bad record.
 void Reader::execute(Plan& plan, const uint64_t* indices) const {
+  if (copy_from_mapping(plan)) {
+    raise_first_error(plan.slots, files_, indices);
+    return;
+  }
+  engine_batches_.fetch_add(1, std::memory_order_relaxed);
   auto engine = acquire_engine();
   unsigned helpers = std::min(default_read_helpers(), cpus_ - 1);
   if (!engine->wants_helpers() || plan.bytes < kHelperMinBytes || plan.reqs.size() < 4) helpers = 0;

@@ -15,10 +15,22 @@
 // FFRECORD_READ_HELPERS=1, a batch of at least 256 KiB read through io_uring
 // is cut into chunks that the caller and a pool helper claim in turn, each
 // through its own ring, so copies and checksums run on two CPUs.
+//
+// Records in the page cache skip the engine: buffered reads (engine auto)
+// copy them straight from a read-only mapping of the file, with the checksum
+// computed during the copy (crc32c_copy), so a warm batch costs no system
+// call per record and one pass over each record's bytes. The page cache is
+// watched, not assumed: a batch whose copies had to fault pages in from the
+// disk (major faults, counted per thread) switches the reader to the engine,
+// which keeps a deep queue for cold data; every so often (after 8, then 16,
+// ... up to 1024 batches) one batch's pages are checked with mincore() and
+// the reader returns to the mapping once they are resident again. A file
+// found shorter than at open is read through the engine, which reports it.
 #pragma once
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -41,6 +53,12 @@ struct ReaderOptions {
 // Buffered reads pack the records back to back, so the block holds exactly
 // sum(length) bytes of payload; O_DIRECT reads leave each record inside the
 // aligned span it was read with (no copy), so there are gaps between records.
+// How many batches went through the mapping and through the engine.
+struct ReadStats {
+  uint64_t mapped_batches = 0;
+  uint64_t engine_batches = 0;
+};
+
 struct Batch {
   std::shared_ptr<Block> block;
   std::vector<uint64_t> offset;
@@ -79,12 +97,16 @@ class Reader {
   // selection fell back from io_uring, the kernel's reason.
   std::string engine_name() const;
   std::string fallback_reason() const;
+  ReadStats stats() const;
 
  private:
   struct Plan;
   class BatchJob;
   void plan_batch(Plan& plan, const uint64_t* indices, size_t n, bool merge) const;
   void execute(Plan& plan, const uint64_t* indices) const;
+  bool copy_from_mapping(Plan& plan) const;
+  bool mapping_usable(const Plan& plan) const;
+  bool pages_resident(const Plan& plan) const;
   std::unique_ptr<IoEngine> acquire_engine() const;
   void release_engine(std::unique_ptr<IoEngine> engine) const;
 
@@ -95,6 +117,13 @@ class Reader {
   bool has_codec_ = false;
   EngineKind kind_;
   unsigned cpus_ = 1;
+
+  // Copies from the mapping: kind_ kMmap always, kAuto while resident.
+  mutable std::atomic<bool> mapping_on_{true};
+  mutable std::atomic<uint32_t> probe_in_{0};       // engine batches before the next residency check
+  mutable std::atomic<uint32_t> probe_every_{8};    // doubles after each failed check
+  mutable std::atomic<uint64_t> mapped_batches_{0};
+  mutable std::atomic<uint64_t> engine_batches_{0};
 
   mutable std::mutex engines_mu_;
   mutable std::vector<std::unique_ptr<IoEngine>> idle_engines_;

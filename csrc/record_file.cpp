@@ -54,6 +54,7 @@ std::unique_ptr<RecordFile> RecordFile::open(const std::string& path) {
 
 RecordFile::~RecordFile() {
   if (map_) ::munmap(map_, map_len_);
+  if (const uint8_t* d = data_map_.load()) ::munmap(const_cast<uint8_t*>(d), file_size_);
   if (fd_ >= 0) ::close(fd_);
   if (direct_fd_ >= 0) ::close(direct_fd_);
 }
@@ -258,6 +259,24 @@ std::string_view RecordFile::key(uint64_t i) const {
   uint64_t b = load<uint64_t>(keys_ + i * 8), e = load<uint64_t>(keys_ + (i + 1) * 8);
   const char* blob = reinterpret_cast<const char*>(keys_ + (keys_count_ + 1) * 8);
   return std::string_view(blob + b, e - b);
+}
+
+const uint8_t* RecordFile::data_map() {
+  if (const uint8_t* d = data_map_.load(std::memory_order_acquire)) return d;
+  if (file_size_ == 0) return nullptr;
+  std::lock_guard<std::mutex> lock(data_map_mu_);
+  if (const uint8_t* d = data_map_.load()) return d;
+  void* m = ::mmap(nullptr, file_size_, PROT_READ, MAP_SHARED, fd_, 0);
+  if (m == MAP_FAILED) throw_io(path_, "cannot map the file", errno);
+  // Records are read in random order: no readahead when a page is missing.
+  ::madvise(m, file_size_, MADV_RANDOM);
+  data_map_.store(static_cast<const uint8_t*>(m), std::memory_order_release);
+  return static_cast<const uint8_t*>(m);
+}
+
+bool RecordFile::still_full_size() const {
+  struct stat st;
+  return ::fstat(fd_, &st) == 0 && static_cast<uint64_t>(st.st_size) >= file_size_;
 }
 
 int RecordFile::direct_fd() {

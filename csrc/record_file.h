@@ -11,6 +11,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -56,6 +57,15 @@ class RecordFile {
   // device's 512-byte sector), else 4096. Valid after direct_fd().
   uint32_t direct_align() const { return direct_align_; }
 
+  // The whole file mapped read-only, made on first use (nullptr for an empty
+  // file), for copying records that are in the page cache without a system
+  // call. Throws Error(kIo).
+  const uint8_t* data_map();
+  // False once the file is shorter than it was at open: its mapping must not
+  // be read then (a read past the end of a file raises SIGBUS), so callers
+  // read through the descriptor, which reports the truncation as an error.
+  bool still_full_size() const;
+
  private:
   explicit RecordFile(std::string path) : path_(std::move(path)) {}
   void open_and_validate();
@@ -69,6 +79,8 @@ class RecordFile {
   int direct_fd_ = -1;
   uint32_t direct_align_ = 4096;
   std::mutex direct_mu_;
+  std::atomic<const uint8_t*> data_map_{nullptr};
+  std::mutex data_map_mu_;
   int version_ = 0;
   uint64_t file_size_ = 0;
   uint64_t num_records_ = 0;

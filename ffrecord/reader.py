@@ -75,9 +75,19 @@ class FileReader:
 
     @property
     def engine(self):
-        """The I/O engine in use: 'io_uring', 'threads' or 'pread'."""
+        """The I/O engine in use: 'io_uring', 'threads' or 'pread' ('mmap' when
+        forced with ``FFRECORD_ENGINE=mmap``). By default, batches whose records
+        are in the page cache are copied from a mapping of the file instead of
+        going through the engine; ``io_stats()`` counts both."""
         self._check_open()
         return self._core.engine
+
+    def io_stats(self):
+        """How many batches were copied from the page cache through the file's
+        mapping (``mapped_batches``) and how many went through the I/O engine
+        (``engine_batches``), since the reader was opened."""
+        self._check_open()
+        return self._core.stats()
 
     @property
     def engine_fallback_reason(self):

@@ -1,5 +1,6 @@
 """The `engine` fixture shared by the test suite and the benchmark suites:
-each I/O engine in turn, io_uring skipped (not passed) where the kernel refuses it."""
+each I/O engine in turn, io_uring skipped (not passed) where the kernel refuses it;
+"mmap" copies every buffered read from the file's mapping."""
 
 import os
 import subprocess
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-ENGINES = ["io_uring", "threads", "pread"]
+ENGINES = ["io_uring", "threads", "pread", "mmap"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

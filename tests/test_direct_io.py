@@ -178,10 +178,14 @@ def test_batches_shared_with_a_helper_thread(tmp_path, engine, monkeypatch, dire
 
 def test_bad_helper_setting_is_a_value_error(tmp_path, monkeypatch):
     path = write_file(tmp_path / "s.ffr", [b"x" * 300000] * 4)
-    r = ffrecord.FileReader(path)
     monkeypatch.setenv("FFRECORD_READ_HELPERS", "lots")
     with pytest.raises(ValueError, match="FFRECORD_READ_HELPERS"):
-        r.read([0, 2, 1, 3])
+        ffrecord.FileReader(path)  # checked at open
+    monkeypatch.setenv("FFRECORD_READ_HELPERS", "0")
+    r = ffrecord.FileReader(path, direct=True)
+    monkeypatch.setenv("FFRECORD_READ_HELPERS", "lots")
+    with pytest.raises(ValueError, match="FFRECORD_READ_HELPERS"):
+        r.read([0, 2, 1, 3])  # and again by every batch the engine reads
 
 
 def test_direct_alignment_is_the_kernels_and_used_for_reads(tmp_path):
