@@ -279,6 +279,27 @@ PYBIND11_MODULE(_core, m) {
              }
              py::gil_scoped_release nogil;
              r.read_into(idx.data(), n, ptrs.data());
+           })
+      .def("read_packed_into",
+           [](const Reader& r, const IndexArray& idx, const py::buffer& out) {
+             check_range(r, idx);
+             const size_t n = static_cast<size_t>(idx.size());
+             py::array_t<int64_t> offsets(static_cast<py::ssize_t>(n + 1));
+             int64_t* o = offsets.mutable_data();
+             o[0] = 0;
+             for (size_t i = 0; i < n; ++i) o[i + 1] = o[i] + static_cast<int64_t>(r.entry(idx.data()[i]).length);
+             py::buffer_info info = out.request(true);
+             const int64_t room = static_cast<int64_t>(info.size * info.itemsize);
+             if (room < o[n])
+               throw py::value_error("the output buffer holds " + std::to_string(room) + " bytes; the records need " +
+                                     std::to_string(o[n]));
+             std::vector<uint8_t*> ptrs(n);
+             for (size_t i = 0; i < n; ++i) ptrs[i] = static_cast<uint8_t*>(info.ptr) + o[i];
+             {
+               py::gil_scoped_release nogil;
+               r.read_into(idx.data(), n, ptrs.data());
+             }
+             return offsets;
            });
 
   py::class_<Prefetcher>(m, "Prefetcher")

@@ -38,8 +38,11 @@ uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 // smaller ones are copied in groups of this many bytes, then checksummed.
 constexpr uint64_t kFuseFrom = 32 << 10;
 constexpr uint64_t kGroupBytes = 256 << 10;
-// Residency checks back off to one batch in this many while the data stays cold.
-constexpr uint32_t kMaxProbeEvery = 1024;
+// Residency checks: the first after this many engine batches, then twice as
+// many after each failed one, up to one in kMaxProbeEvery (a check costs one
+// mincore() per record of a batch: about 1% of engine reads at this rate).
+constexpr uint32_t kFirstProbe = 2;
+constexpr uint32_t kMaxProbeEvery = 16;
 
 // Page faults this thread has taken that had to wait for the disk.
 long major_faults() {
@@ -325,7 +328,7 @@ bool Reader::copy_from_mapping(Plan& plan) const {
       probe_in_.store(every, std::memory_order_relaxed);
       return false;
     }
-    probe_every_.store(8, std::memory_order_relaxed);
+    probe_every_.store(kFirstProbe, std::memory_order_relaxed);
     mapping_on_.store(true, std::memory_order_relaxed);
   } else if (!mapping_usable(plan)) {
     return false;

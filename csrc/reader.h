@@ -22,9 +22,11 @@
 // call per record and one pass over each record's bytes. The page cache is
 // watched, not assumed: a batch whose copies had to fault pages in from the
 // disk (major faults, counted per thread) switches the reader to the engine,
-// which keeps a deep queue for cold data; every so often (after 8, then 16,
-// ... up to 1024 batches) one batch's pages are checked with mincore() and
-// the reader returns to the mapping once they are resident again. A file
+// which keeps a deep queue for cold data; every so often (after 2, then 4,
+// ... up to 16 engine batches) one batch's pages are checked with mincore()
+// and the reader returns to the mapping once they are resident again. Checks
+// stay frequent because page caches lose pages piecemeal (memory pressure,
+// proactive reclaim) and get them back as the engine reads. A file
 // found shorter than at open is read through the engine, which reports it.
 #pragma once
 
@@ -121,7 +123,7 @@ class Reader {
   // Copies from the mapping: kind_ kMmap always, kAuto while resident.
   mutable std::atomic<bool> mapping_on_{true};
   mutable std::atomic<uint32_t> probe_in_{0};       // engine batches before the next residency check
-  mutable std::atomic<uint32_t> probe_every_{8};    // doubles after each failed check
+  mutable std::atomic<uint32_t> probe_every_{2};    // doubles after each failed check
   mutable std::atomic<uint64_t> mapped_batches_{0};
   mutable std::atomic<uint64_t> engine_batches_{0};
 

@@ -154,6 +154,20 @@ class FileReader:
         idx = self._physical(_indices.many(indices, self.n))
         self._core.read_into(idx, list(buffers))
 
+    def read_packed_into(self, indices, out):
+        """Reads the records ``indices`` back to back into the writable buffer
+        ``out`` (e.g. a shared-memory or pinned tensor's storage) and returns
+        the int64 ``offsets`` (n + 1 of them): record k is
+        ``out[offsets[k]:offsets[k + 1]]``. ``out`` must hold at least
+        ``lengths(indices).sum()`` bytes. Not for compressed records."""
+        self._check_open()
+        if self._core.has_codec:
+            raise ValueError("read_packed_into needs uncompressed records; use read_packed() for compressed datasets")
+        if memoryview(out).readonly:
+            raise ValueError("read_packed_into needs a writable output buffer")
+        idx = self._physical(_indices.many(indices, self.n))
+        return self._core.read_packed_into(idx, out)
+
     def prefetch(self, batches, depth=4):
         """Yields ``read(b)`` for each index list ``b`` of ``batches``, in order,
         while the next ``depth`` batches are already being read in the

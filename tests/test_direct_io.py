@@ -41,7 +41,12 @@ def read_all_ways(path, batches, **kwargs):
             assert all((buf[-3:] == 0xAB).all() for buf in bufs)  # nothing written past the record
             into.append([buf[:-3].tobytes() for buf in bufs])
         pre = [[a.tobytes() for a in out_b] for out_b in r.prefetch(batches, depth=3)]
-        assert read == packed == into == pre
+        packed_into = []
+        for b in batches:
+            buf = np.empty(int(r.lengths(b).sum()), dtype=np.uint8)
+            offs = r.read_packed_into(b, buf)
+            packed_into.append([buf[offs[k]:offs[k + 1]].tobytes() for k in range(len(b))])
+        assert read == packed == into == pre == packed_into
         out[direct] = read
         r.close()
     return out

@@ -119,15 +119,20 @@ def test_cold_data_switches_to_the_engine_and_back(tmp_path, auto_engine):
         first = r.read(list(range(0, 32)))  # faults pages in from the disk: the reader notices
         assert [a.tobytes() for a in first] == recs[:32]
         assert r.io_stats() == {"mapped_batches": 1, "engine_batches": 0}
-        for k in range(8):  # cold: the engine reads, with a deep queue
-            assert r.read([32 + k])[0].tobytes() == recs[32 + k]
-        assert r.io_stats() == {"mapped_batches": 1, "engine_batches": 8}
+        assert r.read([32])[0].tobytes() == recs[32]  # cold: the engine reads, with a deep queue
+        assert r.io_stats() == {"mapped_batches": 1, "engine_batches": 1}
         with open(path, "rb") as f:
             f.read()  # warm again
-        # The next batch is checked with mincore(), found resident, and copied.
-        assert r.read([40, 41])[1].tobytes() == recs[41]
-        assert r.read([42])[0].tobytes() == recs[42]
-        assert r.io_stats() == {"mapped_batches": 3, "engine_batches": 8}
+        # Within a few batches one is checked with mincore(), found resident,
+        # and copied from the mapping again, as are the batches after it.
+        for k in range(33, 50):
+            assert r.read([k])[0].tobytes() == recs[k]
+            if r.io_stats()["mapped_batches"] > 1:
+                break
+        engine = r.io_stats()["engine_batches"]
+        assert 1 < engine <= 4
+        assert r.read([60, 61])[1].tobytes() == recs[61]
+        assert r.io_stats() == {"mapped_batches": 3, "engine_batches": engine}
 
 
 def test_forced_mapping_reads_cold_data_too(tmp_path, monkeypatch):

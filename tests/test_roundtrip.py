@@ -166,6 +166,28 @@ def test_read_into_caller_buffers(tmp_path, engine):
         r.read_into([nonempty], [np.empty(0, dtype=np.uint8)])
 
 
+def test_read_packed_into_one_caller_buffer(tmp_path, engine):
+    recs = records(30, seed=10)
+    r = ffrecord.FileReader(write_file(tmp_path / "rp.ffr", recs))
+    idx = [5, 0, 29, 5, 12]
+    need = int(r.lengths(idx).sum())
+    out = np.full(need + 5, 0xEE, dtype=np.uint8)
+    offsets = r.read_packed_into(idx, out)
+    assert offsets.dtype == np.int64 and offsets.tolist()[0] == 0 and offsets[-1] == need
+    assert [out[offsets[k]:offsets[k + 1]].tobytes() for k in range(len(idx))] == [recs[i] for i in idx]
+    assert (out[need:] == 0xEE).all()  # nothing written past the records
+    assert r.read_packed_into([], out).tolist() == [0]
+    with pytest.raises(ValueError, match="holds"):
+        r.read_packed_into(idx, np.empty(need - 1, dtype=np.uint8))
+    with pytest.raises(ValueError):
+        r.read_packed_into(idx, bytes(need))  # read-only
+    with pytest.raises(IndexError):
+        r.read_packed_into([30], out)
+    r.close()
+    with pytest.raises(ValueError, match="closed"):
+        r.read_packed_into(idx, out)
+
+
 def test_zstd_compression_round_trip(tmp_path):
     p = tmp_path / "z.ffr"
     recs = [(b"compressible " * 200) + bytes([i]) for i in range(50)]
@@ -177,6 +199,8 @@ def test_zstd_compression_round_trip(tmp_path):
     data, offsets = r.read_packed([3, 1])
     assert data[offsets[0]:offsets[1]].tobytes() == recs[3]
     assert [b[0].tobytes() for b in r.prefetch([[4], [5]])] == [recs[4], recs[5]]
+    with pytest.raises(ValueError, match="read_packed"):
+        r.read_packed_into([3], np.empty(1 << 16, dtype=np.uint8))
 
 
 def test_zstd_with_dictionary(tmp_path):

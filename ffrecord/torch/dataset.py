@@ -21,13 +21,9 @@ import torch.utils.data
 
 from ..reader import FileReader
 from . import _transfer
-from .decoders import get_decoder
+from .decoders import get_decoder, raw
 from .packed import PackedBatch
 
-# Records at least this large on average are read straight into the shared
-# memory of a packed batch; below it, one read plus one copy costs less than
-# a destination buffer per record.
-_DIRECT_MIN_RECORD = 16 << 10
 
 __all__ = ["RecordDataset", "Dataset", "Subset", "ConcatDataset"]
 
@@ -148,31 +144,26 @@ class RecordDataset(torch.utils.data.Dataset):
             if idx.size and idx.min() < 0:
                 idx = np.where(idx < 0, idx + self._len, idx)
             batch = PackedBatch(data, offsets, idx)
+        elif self.decode is raw and self.transform is None:
+            batch = reader.read(indices)  # raw records: the views as they come
         else:
             batch = [self._sample(r) for r in reader.read(indices)]
         return self.batch_transform(batch) if self.batch_transform is not None else batch
 
     def _read_packed(self, reader, indices):
-        """One batch as (uint8 data, int64 offsets). In a DataLoader worker,
-        large records are read straight into shared memory that goes to the
-        training process without another copy; small ones are read into one
-        block and copied there when sent (cheaper than a buffer per record)."""
+        """One batch as (uint8 data, int64 offsets). In a DataLoader worker the
+        records are read straight into the shared memory that goes to the
+        training process, with no other copy."""
         if self._into_shared and len(indices):
-            lengths = reader.lengths(indices)
-            total = int(lengths.sum())
-            if total >= _DIRECT_MIN_RECORD * len(lengths):
-                target = _transfer.worker_buffer(total)
-                if target is not None:
-                    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-                    np.cumsum(lengths, out=offsets[1:])
-                    view = target.numpy()
-                    try:
-                        reader.read_into(indices, [view[a:b] for a, b in zip(offsets[:-1], offsets[1:])])
-                        return target, offsets
-                    except ValueError:
-                        if reader.closed:
-                            raise
-                        self._into_shared = False  # compressed records: stored lengths are not the bytes
+            total = int(reader.lengths(indices).sum())
+            target = _transfer.worker_buffer(total)
+            if target is not None:
+                try:
+                    return target, reader.read_packed_into(indices, target.numpy())
+                except ValueError:
+                    if reader.closed:
+                        raise
+                    self._into_shared = False  # compressed records: stored lengths are not the bytes
         return reader.read_packed(indices)
 
     def close(self):
