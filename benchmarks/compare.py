@@ -19,8 +19,8 @@ read in shuffled batches (one epoch: every record exactly once):
 
 The machine may be shared, so the warm modes alternate the systems after
 every twentieth of an epoch (rotating their order) and keep each system's best
-of --rounds epochs, every round starting from freshly re-read files (some
-virtual machines reclaim idle page cache); cold rounds run every contender
+of --rounds epochs, every slice starting from freshly re-read files of every
+system (some virtual machines reclaim idle page cache); cold rounds run every contender
 once from an emptied cache and keep each one's best round.
 
 The physical ceiling is a small C program (benchmarks/ceiling/pread_ceiling.c,
@@ -695,16 +695,19 @@ def slices_of(batches, count):
     return [batches[bounds[k]:bounds[k + 1]] for k in range(count)]
 
 
-def interleaved(contenders, slices, rounds, before_round):
+def interleaved(contenders, slices, rounds, before_round, before_slice=None):
     """Runs every contender over every slice, alternating them slice by slice
     (in a rotating order), so that all see the same share of whatever else
-    the machine is doing. Returns each contender's best total over `rounds`."""
+    the machine is doing. Returns each contender's best total over `rounds`.
+    `before_slice(k)` runs untimed before the contenders take slice k."""
     names = list(contenders)
     best = {name: float("inf") for name in names}
     for _ in range(rounds):
         before_round()
         total = dict.fromkeys(names, 0.0)
         for k in range(slices):
+            if before_slice is not None:
+                before_slice(k)
             shift = k % len(names)
             for name in names[shift:] + names[:shift]:
                 total[name] += contenders[name](k)
@@ -770,7 +773,11 @@ def run_warm(ds, ceiling, results, rounds, slices):
         residency.append(resident_fraction(ds.ffr))
         rewarm(files)
 
-    best = interleaved(contenders, len(parts), rounds, before_round)
+    # Re-read every system's files before each slice, not only each round: a
+    # machine that reclaims idle page cache (DAMON here) takes pages a round
+    # left untouched for a minute, and whichever contender came first to a
+    # slice would pay for reading them back.
+    best = interleaved(contenders, len(parts), rounds, before_round, lambda k: rewarm(files))
     residency.append(resident_fraction(ds.ffr))
     crc_cost = checksum_cost(ds, batches, rounds)
     for src in closers:
@@ -884,7 +891,7 @@ def run_two_procs(ds, ceiling, results, out, full, scale, rounds, slices):
             pairs.append(pair)
             contenders[system] = pair.run
             files += ds.system_files(system)
-        best = interleaved(contenders, len(parts), rounds, lambda: rewarm(files))
+        best = interleaved(contenders, len(parts), rounds, lambda: rewarm(files), lambda k: rewarm(files))
     finally:
         for pair in pairs:
             pair.close()
@@ -1135,6 +1142,8 @@ def write_markdown(path, command, mach, vers, params, results, target_checks, ev
         "bytes; one shuffled epoch per pass (every record once). The timed passes check each batch's first "
         "record; an untimed pass over the same batches checks length and CRC32C of every record of every system.",
         "",
+        "Warm: every system's files are re-read before each twentieth of an epoch, and the systems take turns "
+        "on each twentieth in a rotating order; each keeps its best of the rounds. "
         f"Cold: page cache emptied before each pass ({evict_how}). Ratios are records/s over the C pread "
         "ceiling of the same mode measured in the same run (1 thread, or 2 threads for 2 processes); fio rows "
         "give IOPS.",

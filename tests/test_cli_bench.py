@@ -19,8 +19,10 @@ def test_bench_reports_records_per_second(tmp_path):
     assert out["records"] == 500 and out["batch_size"] == 32
     assert out["read_records_per_s"] > 0 and out["prefetch_records_per_s"] > 0
     assert out["engine"] in ("io_uring", "threads", "pread")
+    assert out["mapped_batches"] + out["engine_batches"] >= 2  # at least one batch per pass
     text = run("bench", str(p), "--seconds", "0.2")
     assert text.returncode == 0 and "records/s" in text.stdout and "prefetch" in text.stdout
+    assert "copied from the page cache" in text.stdout
 
 
 def test_bench_on_a_bad_file_is_a_one_line_error(tmp_path):
