@@ -1,6 +1,7 @@
 // Bindings of the checkpoint writer (checkpoint_io.h) into ffrecord._core.
 // Errors are ffrecord::Error, translated by the translator bindings.cpp
 // registers. The GIL is released while bytes are copied, hashed and written.
+// Memory passed as raw addresses belongs to the caller, who keeps it alive.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "checkpoint_io.h"
+#include "parallel_copy.h"
 
 namespace py = pybind11;
 using namespace ffrecord;
@@ -105,6 +107,8 @@ void bind_checkpoint(py::module_& m) {
            }),
            py::arg("path"))
       .def_property_readonly("records", &CheckpointFileReader::records)
+      .def_property_readonly("direct", &CheckpointFileReader::direct,
+                             "Whether uncached bytes are read with O_DIRECT (False where the filesystem refuses it).")
       .def("record_length",
            [](const CheckpointFileReader& r, uint64_t i) {
              if (i >= r.records()) throw py::index_error("record index out of range");
@@ -144,6 +148,24 @@ void bind_checkpoint(py::module_& m) {
         return exchange_paths(a, b);
       },
       py::arg("a"), py::arg("b"), "Atomically swaps two paths; False where the filesystem cannot.");
+  m.def(
+      "copy_memory",
+      [](const py::list& pieces) {
+        std::vector<CopyPiece> views(pieces.size());
+        for (size_t k = 0; k < views.size(); ++k) {
+          auto t = pieces[k].cast<py::tuple>();
+          if (t.size() != 3) throw py::value_error("a copy piece is a (destination, source, size) triple");
+          auto dst = t[0].cast<uintptr_t>(), src = t[1].cast<uintptr_t>();
+          auto size = t[2].cast<uint64_t>();
+          if ((!dst || !src) && size) throw py::value_error("a copy piece has a null address");
+          views[k] = {reinterpret_cast<uint8_t*>(dst), reinterpret_cast<const uint8_t*>(src), size};
+        }
+        py::gil_scoped_release nogil;
+        copy_pieces(views.data(), views.size(), default_copy_helpers());
+      },
+      py::arg("pieces"),
+      "Copies (destination, source, size) triples of raw addresses (private: the caller guarantees the "
+      "memory), splitting large batches across the usable CPUs.");
   m.def("crc32c_combine", &crc32c_combine, py::arg("crc_a"), py::arg("crc_b"), py::arg("len_b"),
         "CRC32C of A||B from crc32c(A), crc32c(B) and len(B).");
 }

@@ -141,3 +141,31 @@ def test_empty_and_tensor_free_states(tmp_path):
     ck.async_save({"e": torch.empty(0, 5), "s": "x"}, tmp_path / "b", max_staging_bytes=1 << 20).result()
     out = ck.load(tmp_path / "b")
     assert out["s"] == "x" and out["e"].shape == (0, 5)
+
+
+@pytest.mark.parametrize("cap", [None, 16 << 20])
+def test_large_and_non_contiguous_tensors_are_staged_exactly(tmp_path, cap):
+    # Records above the parallel-copy threshold (cut into slices shared by
+    # several threads, the last one short) and packs of many transposed
+    # tensors, each made contiguous by a temporary copy before staging.
+    g = torch.Generator().manual_seed(7)
+    state = {
+        "big": torch.randn(5_000_003, generator=g),  # 20 MB, not a multiple of the slice size
+        "odd": torch.randint(0, 255, (9_999_999,), dtype=torch.uint8, generator=g),
+        "views": [torch.randn(64, 48 + k, generator=g).t() for k in range(40)],
+        "strided": torch.randn(4000, 1000, generator=g)[:, ::3],  # 5.3 MB, non-contiguous
+    }
+    expect = {
+        "big": state["big"].clone(),
+        "odd": state["odd"].clone(),
+        "views": [t.clone() for t in state["views"]],
+        "strided": state["strided"].clone(),
+    }
+    fut = ck.async_save(state, tmp_path / "c", max_staging_bytes=cap, chunk_bytes=12 << 20)
+    for t in [state["big"], state["odd"], state["strided"]] + state["views"]:
+        t.zero_()
+    fut.result(timeout=120)
+    out = ck.load(tmp_path / "c")
+    assert torch.equal(out["big"], expect["big"]) and torch.equal(out["odd"], expect["odd"])
+    assert torch.equal(out["strided"], expect["strided"])
+    assert all(torch.equal(a, b) for a, b in zip(out["views"], expect["views"]))
