@@ -20,7 +20,9 @@ Methods:
 Columns: "returned" is the time until the call returns, "durable" until the
 data is fsynced; loads run "warm" (page cache filled by a previous load) and
 "cold" (every file of the checkpoint dropped from the page cache with
-posix_fadvise(DONTNEED) after an fsync); every load ends by reading one byte
+posix_fadvise(DONTNEED) after an fsync; ffrecord reads what is not cached with
+O_DIRECT and leaves the cache as it was, so its "warm" load reads the disk
+again); every load ends by reading one byte
 of each page of the result (safetensors maps the file and reads lazily, so
 it pays its reads there). The repeats are interleaved (fio and every method
 once per round), so a busy moment of a shared machine hits them alike; each

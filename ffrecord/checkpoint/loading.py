@@ -1,9 +1,10 @@
 """load() and Checkpoint: reading a checkpoint directory back, whole or in part.
 
-Tensor bytes are read straight into the final tensor storage (no
-intermediate ``bytes``), in file order, by the C++ checkpoint reader: each
-1 MiB piece is hashed right after it lands, while still in cache, so the
-CRC32C check costs no second pass over memory; small tensors packed into one
+Tensor bytes are read into the final tensor storage (no intermediate
+``bytes``), in file order, by the C++ checkpoint reader: each 4 MiB piece is
+hashed right after it lands, while still in cache, so the CRC32C check costs
+no second pass over memory; what the page cache does not hold is read with
+O_DIRECT through a small aligned buffer; small tensors packed into one
 record are read with one request and copied out. A mismatch raises
 ChecksumError naming the tensor. The GIL is released while reading.
 """
