@@ -19,8 +19,9 @@ read in shuffled batches (one epoch: every record exactly once):
 
 The machine may be shared, so the warm modes alternate the systems after
 every twentieth of an epoch (rotating their order) and keep each system's best
-of --rounds epochs, every slice starting from freshly re-read files of every
-system (some virtual machines reclaim idle page cache); cold rounds run every contender
+of --rounds epochs, every round starting from freshly re-read files and every
+timed slice following an untimed pass of the same system over it (some
+virtual machines reclaim idle page cache); cold rounds run every contender
 once from an emptied cache and keep each one's best round.
 
 The physical ceiling is a small C program (benchmarks/ceiling/pread_ceiling.c,
@@ -695,21 +696,26 @@ def slices_of(batches, count):
     return [batches[bounds[k]:bounds[k + 1]] for k in range(count)]
 
 
-def interleaved(contenders, slices, rounds, before_round, before_slice=None):
+def interleaved(contenders, slices, rounds, before_round):
     """Runs every contender over every slice, alternating them slice by slice
     (in a rotating order), so that all see the same share of whatever else
     the machine is doing. Returns each contender's best total over `rounds`.
-    `before_slice(k)` runs untimed before the contenders take slice k."""
+
+    Each timed pass over a slice follows an untimed pass of the same
+    contender over the same slice: warm means the slice's pages are in the
+    page cache and mapped where the system maps them. (This machine's kernel
+    reclaims page cache left idle for a minute, and re-reading every system's
+    files before each slice pushed memory to its limit and penalised whoever
+    came first after it.)"""
     names = list(contenders)
     best = {name: float("inf") for name in names}
     for _ in range(rounds):
         before_round()
         total = dict.fromkeys(names, 0.0)
         for k in range(slices):
-            if before_slice is not None:
-                before_slice(k)
             shift = k % len(names)
             for name in names[shift:] + names[:shift]:
+                contenders[name](k)
                 total[name] += contenders[name](k)
         for name in names:
             best[name] = min(best[name], total[name])
@@ -773,18 +779,17 @@ def run_warm(ds, ceiling, results, rounds, slices):
         residency.append(resident_fraction(ds.ffr))
         rewarm(files)
 
-    # Re-read every system's files before each slice, not only each round: a
-    # machine that reclaims idle page cache (DAMON here) takes pages a round
-    # left untouched for a minute, and whichever contender came first to a
-    # slice would pay for reading them back.
-    best = interleaved(contenders, len(parts), rounds, before_round, lambda k: rewarm(files))
+    best = interleaved(contenders, len(parts), rounds, before_round)
     residency.append(resident_fraction(ds.ffr))
     crc_cost = checksum_cost(ds, batches, rounds)
+    default_reader = next(src.r for src in closers if isinstance(src, FFRecordSource))
+    notes_reader = mapped_share(default_reader)
     for src in closers:
         src.close()
     key = "pread ceiling, 1 thread"
     notes = {key: "C, same offsets, one reused batch buffer", "pread ceiling, 2 threads": "C, disjoint halves",
-             "ffrecord read()": f"ffrecord's file {min(residency) * 100:.1f}% in the page cache at each round's ends"}
+             "ffrecord read()": f"ffrecord's file {min(residency) * 100:.1f}% in the page cache at each round's ends; "
+                                f"{notes_reader}"}
     for name, secs in best.items():
         results.add(wl, "warm", name, secs, n, nbytes, key, notes.get(name, ""))
     results.add(wl, "warm", "ffrecord read(), checksums on/off A/B", crc_cost["on"], n * rounds, nbytes * rounds, key,
@@ -792,6 +797,13 @@ def run_warm(ds, ceiling, results, rounds, slices):
                 "batches in one process)")
     results.checksum_cost[wl.name] = crc_cost["cost"]
     sequential(ds, results, rounds, mode="warm")
+
+
+def mapped_share(reader):
+    """Where a reader's batches came from: the page cache through the mapping, or the engine."""
+    st = reader.io_stats()
+    total = st["mapped_batches"] + st["engine_batches"]
+    return f"{st['mapped_batches']:,} of {total:,} batches copied from the mapping, the rest read by the engine"
 
 
 def checksum_cost(ds, batches, rounds, every=8):
@@ -891,7 +903,7 @@ def run_two_procs(ds, ceiling, results, out, full, scale, rounds, slices):
             pairs.append(pair)
             contenders[system] = pair.run
             files += ds.system_files(system)
-        best = interleaved(contenders, len(parts), rounds, lambda: rewarm(files), lambda k: rewarm(files))
+        best = interleaved(contenders, len(parts), rounds, lambda: rewarm(files))
     finally:
         for pair in pairs:
             pair.close()
@@ -1142,8 +1154,8 @@ def write_markdown(path, command, mach, vers, params, results, target_checks, ev
         "bytes; one shuffled epoch per pass (every record once). The timed passes check each batch's first "
         "record; an untimed pass over the same batches checks length and CRC32C of every record of every system.",
         "",
-        "Warm: every system's files are re-read before each twentieth of an epoch, and the systems take turns "
-        "on each twentieth in a rotating order; each keeps its best of the rounds. "
+        "Warm: the systems take turns on each twentieth of an epoch in a rotating order, each timed pass "
+        "following an untimed pass of the same system over the same twentieth; each keeps its best round. "
         f"Cold: page cache emptied before each pass ({evict_how}). Ratios are records/s over the C pread "
         "ceiling of the same mode measured in the same run (1 thread, or 2 threads for 2 processes); fio rows "
         "give IOPS.",

@@ -38,6 +38,7 @@ uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 // smaller ones are copied in groups of this many bytes, then checksummed.
 constexpr uint64_t kFuseFrom = 32 << 10;
 constexpr uint64_t kGroupBytes = 256 << 10;
+constexpr uint64_t kPage = 4096;
 // Residency checks: the first after this many engine batches, then twice as
 // many after each failed one, up to one in kMaxProbeEvery (a check costs one
 // mincore() per record of a batch: about 1% of engine reads at this rate).
@@ -340,7 +341,7 @@ bool Reader::copy_from_mapping(Plan& plan) const {
   // a plain copy keeps more cache misses in flight than the fused loop: they
   // are copied in groups of up to kGroupBytes, then checksummed from the
   // destination while it is still in the cache.
-  size_t copied = 0;
+  uint64_t pages = 0;  // pages the copies touch (4 KiB granularity is close enough)
   size_t group_first = 0;  // small records [group_first, i) are copied, not yet verified
   uint64_t group_bytes = 0;
   auto verify_group = [&](size_t end) {
@@ -357,7 +358,7 @@ bool Reader::copy_from_mapping(Plan& plan) const {
     if (e.length == 0) continue;
     RecordFile& f = *files_[s.file];
     const uint8_t* src = f.data_map() + e.offset;
-    ++copied;
+    pages += (e.offset % kPage + e.length + kPage - 1) / kPage;
     if (!check || e.length < kFuseFrom) {
       if (group_bytes + e.length > kGroupBytes) {
         verify_group(i);
@@ -378,10 +379,12 @@ bool Reader::copy_from_mapping(Plan& plan) const {
   }
   verify_group(n);
   if (!always) {
-    // More than a few records' pages came from the disk: the data is not (or
-    // no longer) in the page cache, and the engine reads it faster.
+    // More than one page in 32 came from the disk (the same share the
+    // residency check allows): the data is not, or no longer, in the page
+    // cache, and the engine reads it faster. A few pages reclaimed here and
+    // there cost a few faults, less than leaving the mapping.
     const long faults = major_faults() - faults_before;
-    if (faults > 1 && static_cast<size_t>(faults) * 32 > copied) {
+    if (faults > 1 && static_cast<uint64_t>(faults) * 32 > pages) {
       mapping_on_.store(false, std::memory_order_relaxed);
       probe_in_.store(probe_every_.load(std::memory_order_relaxed), std::memory_order_relaxed);
     }
