@@ -203,9 +203,6 @@ __attribute__((target("avx512f,vpclmulqdq"))) inline __m512i fold_with(__m512i x
   __m512i b = _mm512_clmulepi64_epi128(x, k, 0x11);
   return _mm512_ternarylogic_epi64(a, b, next, 0x96);  // a ^ b ^ next
 }
-__attribute__((target("avx512f,vpclmulqdq"))) inline __m512i fold_step(__m512i x, __m512i k, const uint8_t* next) {
-  return fold_with(x, k, _mm512_loadu_si512(next));
-}
 
 // The 16 pending lanes of the last block folded into lane 15, then finished
 // with the crc32 instruction: the register after the folded bytes.
@@ -222,89 +219,59 @@ __attribute__((target("pclmul,sse4.2"))) uint32_t reduce_lanes(const uint64_t* l
   return static_cast<uint32_t>(crc);
 }
 
-__attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2"))) uint32_t fold_update(uint32_t c, const uint8_t* p,
-                                                                                  size_t n) {
-  if (n < 2 * kFoldBlock) return hw_update(c, p, n);
+// Folds every whole 256-byte block of p (at least two) into the register c
+// and finishes the rest with the crc32 instruction. With kCopy, every 64
+// bytes loaded are also stored to dst, so a copy and its checksum share one
+// read of the source.
+template <bool kCopy>
+__attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2"))) uint32_t fold_blocks(uint32_t c, uint8_t* dst,
+                                                                                  const uint8_t* p, size_t n) {
   static const FoldTables k;
   const __m512i kmain = _mm512_set_epi64(
       static_cast<long long>(k.main.for_second_half), static_cast<long long>(k.main.for_first_half),
       static_cast<long long>(k.main.for_second_half), static_cast<long long>(k.main.for_first_half),
       static_cast<long long>(k.main.for_second_half), static_cast<long long>(k.main.for_first_half),
       static_cast<long long>(k.main.for_second_half), static_cast<long long>(k.main.for_first_half));
-  __m512i x0 = _mm512_loadu_si512(p);
-  __m512i x1 = _mm512_loadu_si512(p + 64);
-  __m512i x2 = _mm512_loadu_si512(p + 128);
-  __m512i x3 = _mm512_loadu_si512(p + 192);
+  __m512i x[4];
+  for (int j = 0; j < 4; ++j) {
+    x[j] = _mm512_loadu_si512(p + 64 * j);
+    if (kCopy) _mm512_storeu_si512(dst + 64 * j, x[j]);
+  }
   // Starting from register c equals XORing c into the first 4 data bytes.
-  x0 = _mm512_xor_si512(x0, _mm512_zextsi128_si512(_mm_cvtsi32_si128(static_cast<int>(c))));
+  x[0] = _mm512_xor_si512(x[0], _mm512_zextsi128_si512(_mm_cvtsi32_si128(static_cast<int>(c))));
   p += kFoldBlock;
+  if (kCopy) dst += kFoldBlock;
   n -= kFoldBlock;
   while (n >= kFoldBlock) {
-    x0 = fold_step(x0, kmain, p);
-    x1 = fold_step(x1, kmain, p + 64);
-    x2 = fold_step(x2, kmain, p + 128);
-    x3 = fold_step(x3, kmain, p + 192);
+    for (int j = 0; j < 4; ++j) {
+      const __m512i d = _mm512_loadu_si512(p + 64 * j);
+      if (kCopy) _mm512_storeu_si512(dst + 64 * j, d);
+      x[j] = fold_with(x[j], kmain, d);
+    }
     p += kFoldBlock;
+    if (kCopy) dst += kFoldBlock;
     n -= kFoldBlock;
   }
   alignas(64) uint64_t lanes[32];
-  _mm512_store_si512(lanes, x0);
-  _mm512_store_si512(lanes + 8, x1);
-  _mm512_store_si512(lanes + 16, x2);
-  _mm512_store_si512(lanes + 24, x3);
+  for (int j = 0; j < 4; ++j) _mm512_store_si512(lanes + 8 * j, x[j]);
+  if (kCopy) {
+    std::memcpy(dst, p, n);
+    p = dst;
+  }
   return hw_update(reduce_lanes(lanes, k), p, n);
 }
 
-// fold_update that also stores every 64 bytes it loads to dst: the copy and
-// the checksum share one read of the source.
-__attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2"))) uint32_t fold_copy_update(uint32_t c, uint8_t* dst,
-                                                                                       const uint8_t* p, size_t n) {
+uint32_t fold_update(uint32_t c, const uint8_t* p, size_t n) {
+  if (n < 2 * kFoldBlock) return hw_update(c, p, n);
+  return fold_blocks<false>(c, nullptr, p, n);
+}
+
+uint32_t fold_copy_update(uint32_t c, uint8_t* dst, const uint8_t* p, size_t n) {
   if (n < 2 * kFoldBlock) {
     std::memcpy(dst, p, n);
     return hw_update(c, dst, n);
   }
-  static const FoldTables k;
-  const __m512i kmain = _mm512_set_epi64(
-      static_cast<long long>(k.main.for_second_half), static_cast<long long>(k.main.for_first_half),
-      static_cast<long long>(k.main.for_second_half), static_cast<long long>(k.main.for_first_half),
-      static_cast<long long>(k.main.for_second_half), static_cast<long long>(k.main.for_first_half),
-      static_cast<long long>(k.main.for_second_half), static_cast<long long>(k.main.for_first_half));
-  __m512i x0 = _mm512_loadu_si512(p);
-  __m512i x1 = _mm512_loadu_si512(p + 64);
-  __m512i x2 = _mm512_loadu_si512(p + 128);
-  __m512i x3 = _mm512_loadu_si512(p + 192);
-  _mm512_storeu_si512(dst, x0);
-  _mm512_storeu_si512(dst + 64, x1);
-  _mm512_storeu_si512(dst + 128, x2);
-  _mm512_storeu_si512(dst + 192, x3);
-  x0 = _mm512_xor_si512(x0, _mm512_zextsi128_si512(_mm_cvtsi32_si128(static_cast<int>(c))));
-  p += kFoldBlock;
-  dst += kFoldBlock;
-  n -= kFoldBlock;
-  while (n >= kFoldBlock) {
-    const __m512i d0 = _mm512_loadu_si512(p);
-    const __m512i d1 = _mm512_loadu_si512(p + 64);
-    const __m512i d2 = _mm512_loadu_si512(p + 128);
-    const __m512i d3 = _mm512_loadu_si512(p + 192);
-    _mm512_storeu_si512(dst, d0);
-    _mm512_storeu_si512(dst + 64, d1);
-    _mm512_storeu_si512(dst + 128, d2);
-    _mm512_storeu_si512(dst + 192, d3);
-    x0 = fold_with(x0, kmain, d0);
-    x1 = fold_with(x1, kmain, d1);
-    x2 = fold_with(x2, kmain, d2);
-    x3 = fold_with(x3, kmain, d3);
-    p += kFoldBlock;
-    dst += kFoldBlock;
-    n -= kFoldBlock;
-  }
-  alignas(64) uint64_t lanes[32];
-  _mm512_store_si512(lanes, x0);
-  _mm512_store_si512(lanes + 8, x1);
-  _mm512_store_si512(lanes + 16, x2);
-  _mm512_store_si512(lanes + 24, x3);
-  std::memcpy(dst, p, n);
-  return hw_update(reduce_lanes(lanes, k), dst, n);
+  return fold_blocks<true>(c, dst, p, n);
 }
 
 bool cpu_has_fold() {
