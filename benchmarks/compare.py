@@ -560,7 +560,8 @@ def fio_randread(path, bs, qd, size, seconds=4):
            "--output-format=json"]
     j = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
     r = j["jobs"][0]["read"]
-    return r["iops"], r["bw_bytes"], " ".join(cmd)
+    shown = [c.replace(path, os.path.relpath(path, ROOT)) for c in cmd]  # no machine paths in results
+    return r["iops"], r["bw_bytes"], " ".join(shown)
 
 
 def direct_alignment(path):
