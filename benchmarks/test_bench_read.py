@@ -38,24 +38,23 @@ def _report(benchmark, readset):
     benchmark.extra_info["MB_per_s"] = round(readset.bytes / secs / 1e6)
 
 
+def _bench_reads(benchmark, readset, engine, check_data, size):
+    r = _reader(readset, check_data=check_data)
+    assert r.engine == engine
+    n = benchmark(_read_all, r, readset)
+    assert n == readset.records
+    assert all(len(a) == size for a in r.read(readset.batches[0]))
+    _report(benchmark, readset)
+
+
 @pytest.mark.parametrize("check_data", [True, False], ids=["crc", "nocrc"])
 def test_read_4k_records(benchmark, records_4k, engine, check_data):
-    r = _reader(records_4k, check_data=check_data)
-    assert r.engine == engine
-    n = benchmark(_read_all, r, records_4k)
-    assert n == records_4k.records
-    assert all(len(a) == 4096 for a in r.read(records_4k.batches[0]))
-    _report(benchmark, records_4k)
+    _bench_reads(benchmark, records_4k, engine, check_data, 4096)
 
 
 @pytest.mark.parametrize("check_data", [True, False], ids=["crc", "nocrc"])
 def test_read_128k_records(benchmark, records_128k, engine, check_data):
-    r = _reader(records_128k, check_data=check_data)
-    assert r.engine == engine
-    n = benchmark(_read_all, r, records_128k)
-    assert n == records_128k.records
-    assert all(len(a) == 128 << 10 for a in r.read(records_128k.batches[0]))
-    _report(benchmark, records_128k)
+    _bench_reads(benchmark, records_128k, engine, check_data, 128 << 10)
 
 
 def test_prefetch_4k_records(benchmark, records_4k):

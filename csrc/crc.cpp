@@ -383,18 +383,24 @@ const char* crc32c_impl() {
   return "table";
 }
 
-uint32_t record_crc(const void* data, uint64_t length, uint32_t flags) {
+namespace {
+
+// Extends a record's CRC32C over its little-endian u64 length and u32 flags.
+uint32_t with_trailer(uint32_t crc, uint64_t length, uint32_t flags) {
   alignas(8) uint8_t trailer[12];
   std::memcpy(trailer, &length, 8);
   std::memcpy(trailer + 8, &flags, 4);
-  return crc32c(trailer, sizeof(trailer), crc32c(data, length));
+  return crc32c(trailer, sizeof(trailer), crc);
+}
+
+}  // namespace
+
+uint32_t record_crc(const void* data, uint64_t length, uint32_t flags) {
+  return with_trailer(crc32c(data, length), length, flags);
 }
 
 uint32_t record_crc_copy(void* dst, const void* src, uint64_t length, uint32_t flags) {
-  alignas(8) uint8_t trailer[12];
-  std::memcpy(trailer, &length, 8);
-  std::memcpy(trailer + 8, &flags, 4);
-  return crc32c(trailer, sizeof(trailer), crc32c_copy(dst, src, length));
+  return with_trailer(crc32c_copy(dst, src, length), length, flags);
 }
 
 }  // namespace ffrecord

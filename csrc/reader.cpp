@@ -39,6 +39,9 @@ uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 constexpr uint64_t kFuseFrom = 32 << 10;
 constexpr uint64_t kGroupBytes = 256 << 10;
 constexpr uint64_t kPage = 4096;
+// A batch counts as cold when more than one of this many of its pages is not
+// in the page cache (checked with mincore, or seen as major faults).
+constexpr uint64_t kColdShare = 32;
 // Residency checks: the first after this many engine batches, then twice as
 // many after each failed one, up to one in kMaxProbeEvery (a check costs one
 // mincore() per record of a batch: about 1% of engine reads at this rate).
@@ -306,12 +309,12 @@ bool Reader::pages_resident(const Plan& plan) const {
     for (unsigned char v : vec) missing += !(v & 1);
     pages += vec.size();
   }
-  return missing * 32 <= pages;
+  return missing * kColdShare <= pages;
 }
 
-// Copies the planned records (slot.ptr already set) from the file mappings,
-// verifying each during its copy. Returns false, having copied nothing, when
-// the engine should read this batch instead.
+// Copies the planned records (slot.ptr already set) from the file mappings
+// and verifies them. Returns false, having copied nothing, when the engine
+// should read this batch instead.
 bool Reader::copy_from_mapping(Plan& plan) const {
   if (options_.direct || (kind_ != EngineKind::kAuto && kind_ != EngineKind::kMmap) || plan.reqs.empty())
     return false;
@@ -336,7 +339,7 @@ bool Reader::copy_from_mapping(Plan& plan) const {
   }
   const bool check = options_.check_data;
   const long faults_before = always ? 0 : major_faults();
-  // Large records are copied and checksummed in one pass (crc32c_copy).
+  // Large v2 records are copied and checksummed in one pass (crc32c_copy).
   // Small ones scattered over a large file are bound by memory latency, and
   // a plain copy keeps more cache misses in flight than the fused loop: they
   // are copied in groups of up to kGroupBytes, then checksummed from the
@@ -359,7 +362,7 @@ bool Reader::copy_from_mapping(Plan& plan) const {
     RecordFile& f = *files_[s.file];
     const uint8_t* src = f.data_map() + e.offset;
     pages += (e.offset % kPage + e.length + kPage - 1) / kPage;
-    if (!check || e.length < kFuseFrom) {
+    if (!check || e.length < kFuseFrom || f.version() != 2) {
       if (group_bytes + e.length > kGroupBytes) {
         verify_group(i);
         group_first = i;
@@ -370,21 +373,16 @@ bool Reader::copy_from_mapping(Plan& plan) const {
     }
     verify_group(i);
     group_first = i + 1;
-    if (f.version() == 2) {
-      if (record_crc_copy(s.ptr, src, e.length, e.flags) != e.crc) s.error = kBadChecksum;
-    } else {
-      std::memcpy(s.ptr, src, e.length);
-      if (crc32_ieee(s.ptr, e.length) != e.crc) s.error = kBadChecksum;
-    }
+    if (record_crc_copy(s.ptr, src, e.length, e.flags) != e.crc) s.error = kBadChecksum;
   }
   verify_group(n);
   if (!always) {
-    // More than one page in 32 came from the disk (the same share the
+    // More than one page in kColdShare came from the disk (the share the
     // residency check allows): the data is not, or no longer, in the page
     // cache, and the engine reads it faster. A few pages reclaimed here and
     // there cost a few faults, less than leaving the mapping.
     const long faults = major_faults() - faults_before;
-    if (faults > 1 && static_cast<uint64_t>(faults) * 32 > pages) {
+    if (faults > 1 && static_cast<uint64_t>(faults) * kColdShare > pages) {
       mapping_on_.store(false, std::memory_order_relaxed);
       probe_in_.store(probe_every_.load(std::memory_order_relaxed), std::memory_order_relaxed);
     }

@@ -67,18 +67,16 @@ def test_warm_reads_come_from_the_mapping(tmp_path, auto_engine, size):
         assert stats == {"mapped_batches": 4, "engine_batches": 0}
 
 
-@pytest.mark.parametrize("forced", ["io_uring", "threads", "pread"])
-def test_a_forced_engine_reads_everything(tmp_path, monkeypatch, forced):
+def test_a_forced_engine_reads_everything(tmp_path, engine):
+    # FFRECORD_ENGINE=io_uring|threads|pread: every batch through that engine;
+    # =mmap: every batch through the mapping.
     recs = records_of(10, SMALL)
     path = write_file(tmp_path / "f.ffr", recs)
-    monkeypatch.setenv("FFRECORD_ENGINE", forced)
-    try:
-        r = ffrecord.FileReader(path)
-    except ffrecord.FFRecordError as e:  # the kernel refuses io_uring here
-        pytest.skip(str(e))
-    assert [a.tobytes() for a in r.read([1, 2])] == recs[1:3]
-    assert r.io_stats() == {"mapped_batches": 0, "engine_batches": 1}
-    r.close()
+    with ffrecord.FileReader(path) as r:
+        assert r.engine == engine
+        assert [a.tobytes() for a in r.read([1, 2])] == recs[1:3]
+        mapped = engine == "mmap"
+        assert r.io_stats() == {"mapped_batches": int(mapped), "engine_batches": int(not mapped)}
 
 
 def test_direct_reads_never_use_the_mapping(tmp_path, auto_engine):
