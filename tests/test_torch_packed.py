@@ -307,3 +307,56 @@ def test_a_forked_child_dropping_batches_does_not_free_their_slots(path):
     assert child.exitcode == 0
     rest = [i for b in it for i in check_batch(b)]  # workers keep reusing the free slots
     assert [i for b in held for i in check_batch(b)] + rest == list(range(N))
+
+
+def as_list(batch):
+    return batch
+
+
+@pytest.mark.parametrize("num_workers,context", [(2, "fork"), (1, "spawn")])
+def test_raw_views_cross_from_workers_as_one_slot(path, num_workers, context):
+    # Raw records read in a worker come back as RecordViews: numpy views of one
+    # ring slot, with the same content the records have.
+    ds = fft.RecordDataset(path)
+    loader = TorchDataLoader(ds, batch_size=16, shuffle=True, num_workers=num_workers,
+                             collate_fn=as_list, multiprocessing_context=context)
+    seen = []
+    for batch in loader:
+        assert type(batch) is fft.RecordViews
+        assert all(isinstance(r, np.ndarray) and r.dtype == np.uint8 and r.ndim == 1 for r in batch)
+        bases = {r.__array_interface__["data"][0] for r in batch}
+        assert len(bases) == len(batch)  # distinct records, not one repeated
+        seen.extend(records.index_of(r) for r in batch)
+    assert sorted(seen) == list(range(N))
+
+
+def test_held_raw_views_stay_intact(path):
+    # Holding every batch exhausts the ring slots: later batches must come the
+    # ordinary way, and none of the held ones may be overwritten.
+    ds = fft.RecordDataset(path)
+    loader = TorchDataLoader(ds, batch_size=4, num_workers=2, prefetch_factor=4,
+                             collate_fn=as_list, multiprocessing_context="fork")
+    held = list(loader)
+    assert [records.index_of(r) for b in held for r in b] == list(range(N))
+    kinds = {type(b) for b in held}
+    assert kinds == {fft.RecordViews, list}
+
+
+def test_changed_raw_view_list_travels_as_a_plain_list(path):
+    # A batch_transform that edits the list: what arrives is exactly the edit.
+    def keep_odd(batch):
+        del batch[::2]
+        return batch
+
+    ds = fft.RecordDataset(path, batch_transform=keep_odd)
+    loader = TorchDataLoader(ds, batch_size=8, num_workers=2, collate_fn=as_list,
+                             multiprocessing_context="fork")
+    seen = [records.index_of(r) for b in loader for r in b]
+    assert seen == [i for i in range(N) if i % 8 % 2]
+
+
+def test_record_views_pickle_as_a_list_elsewhere():
+    views = fft.RecordViews.over(torch.arange(6, dtype=torch.uint8), np.array([0, 2, 2, 6]))
+    assert [v.tolist() for v in views] == [[0, 1], [], [2, 3, 4, 5]]
+    back = pickle.loads(pickle.dumps(views))
+    assert type(back) is fft.RecordViews and [v.tolist() for v in back] == [[0, 1], [], [2, 3, 4, 5]]

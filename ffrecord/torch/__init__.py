@@ -9,6 +9,7 @@ with elastic resume, and packed batches.
 * ``DistributedSampler`` — each rank's share of a full global shuffle per
   ``(seed, epoch)``, resumable on another number of ranks.
 * ``PackedBatch`` / ``packed_collate`` — a batch as one uint8 tensor plus offsets.
+* ``RecordViews`` — a batch of raw records read in a worker: a list of views of one buffer.
 * ``decoders`` — record decoders (raw, bytes, npy, json, pil, pickle).
 
 See ``docs/TORCH.md``.
@@ -17,7 +18,7 @@ See ``docs/TORCH.md``.
 from . import decoders
 from .dataloader import DataLoader
 from .dataset import ConcatDataset, Dataset, RecordDataset, Subset
-from .packed import PackedBatch, packed_collate
+from .packed import PackedBatch, RecordViews, packed_collate
 from .sampler import DistributedSampler
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "Dataset",
     "DistributedSampler",
     "PackedBatch",
+    "RecordViews",
     "RecordDataset",
     "Subset",
     "decoders",

@@ -22,7 +22,7 @@ import torch.utils.data
 from ..reader import FileReader
 from . import _transfer
 from .decoders import get_decoder, raw
-from .packed import PackedBatch
+from .packed import PackedBatch, RecordViews
 
 
 __all__ = ["RecordDataset", "Dataset", "Subset", "ConcatDataset"]
@@ -145,7 +145,7 @@ class RecordDataset(torch.utils.data.Dataset):
                 idx = np.where(idx < 0, idx + self._len, idx)
             batch = PackedBatch(data, offsets, idx)
         elif self.decode is raw and self.transform is None:
-            batch = reader.read(indices)  # raw records: the views as they come
+            batch = self._read_views(reader, indices)  # raw records: the views as they come
         else:
             batch = [self._sample(r) for r in reader.read(indices)]
         return self.batch_transform(batch) if self.batch_transform is not None else batch
@@ -154,17 +154,33 @@ class RecordDataset(torch.utils.data.Dataset):
         """One batch as (uint8 data, int64 offsets). In a DataLoader worker the
         records are read straight into the shared memory that goes to the
         training process, with no other copy."""
-        if self._into_shared and len(indices):
-            total = int(reader.lengths(indices).sum())
-            target = _transfer.worker_buffer(total)
-            if target is not None:
-                try:
-                    return target, reader.read_packed_into(indices, target.numpy())
-                except ValueError:
-                    if reader.closed:
-                        raise
-                    self._into_shared = False  # compressed records: stored lengths are not the bytes
-        return reader.read_packed(indices)
+        shared = self._read_shared(reader, indices)
+        return shared if shared is not None else reader.read_packed(indices)
+
+    def _read_views(self, reader, indices):
+        """Raw records as numpy views. In a DataLoader worker they view one
+        shared-memory slot, and the batch crosses to the training process as
+        that slot (``RecordViews``), not as one pickled array per record."""
+        shared = self._read_shared(reader, indices)
+        return RecordViews.over(*shared) if shared is not None else reader.read(indices)
+
+    def _read_shared(self, reader, indices):
+        """(tensor over a free slot of this worker's shared-memory ring, offsets)
+        with the records read into it back to back, or None outside a worker,
+        with no free slot, or for compressed records."""
+        if not (self._into_shared and len(indices)):
+            return None
+        total = int(reader.lengths(indices).sum())
+        target = _transfer.worker_buffer(total)
+        if target is None:
+            return None
+        try:
+            return target, reader.read_packed_into(indices, target.numpy())
+        except ValueError:
+            if reader.closed:
+                raise
+            self._into_shared = False  # compressed records: stored lengths are not the bytes
+            return None
 
     def close(self):
         """Closes this process's reader (reads then raise ValueError)."""

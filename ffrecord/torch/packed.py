@@ -13,7 +13,7 @@ import torch
 
 from . import _transfer
 
-__all__ = ["PackedBatch", "packed_collate"]
+__all__ = ["PackedBatch", "RecordViews", "packed_collate"]
 
 
 def _as_tensor(array, dtype, what):
@@ -130,6 +130,59 @@ def _rebuild_from_ring(handle, offsets, indices):
 
 
 ForkingPickler.register(PackedBatch, _reduce_for_ipc)
+
+
+class RecordViews(list):
+    """A list of raw records (1-D uint8 numpy arrays) that all view one
+    packed buffer: what ``RecordDataset`` returns for a batch of raw records
+    read in a DataLoader worker.
+
+    It behaves as the plain list it is. What differs is how it crosses to the
+    training process: while it still holds exactly the views it was made
+    with, it travels as the buffer's shared-memory slot plus the offsets (see
+    ``_transfer``), and arrives as a ``RecordViews`` of views into that slot,
+    instead of one pickled array per record. A list that was changed travels
+    as an ordinary list.
+    """
+
+    __slots__ = ("_data", "_offsets", "_views")
+
+    def __init__(self, records=(), data=None, offsets=None):
+        super().__init__(records)
+        self._data = data  # uint8 tensor the records view, or None
+        self._offsets = offsets  # int64 numpy offsets into it
+        self._views = tuple(self) if data is not None else ()
+
+    @classmethod
+    def over(cls, data, offsets):
+        """The records ``data[offsets[k]:offsets[k + 1]]`` as numpy views of
+        the uint8 tensor ``data`` (they keep its memory alive)."""
+        array = data.numpy()
+        bounds = offsets.tolist()
+        return cls([array[a:b] for a, b in zip(bounds, bounds[1:])], data, offsets)
+
+    def _unchanged(self):
+        views = self._views
+        return self._data is not None and len(self) == len(views) and all(a is b for a, b in zip(self, views))
+
+    def __reduce__(self):
+        return (RecordViews, (list(self),))
+
+
+def _reduce_views_for_ipc(batch):
+    """RecordViews on a multiprocessing queue: as its ring slot where it can."""
+    if batch._unchanged():
+        handle = _transfer.export(batch._data)
+        if handle is not None:
+            return (_rebuild_views_from_ring, (handle, batch._offsets))
+    return (list, (list(batch),))
+
+
+def _rebuild_views_from_ring(handle, offsets):
+    return RecordViews.over(_transfer.import_(handle), offsets)
+
+
+ForkingPickler.register(RecordViews, _reduce_views_for_ipc)
 
 
 def _record_bytes(sample):
