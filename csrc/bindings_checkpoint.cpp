@@ -101,14 +101,19 @@ void bind_checkpoint(py::module_& m) {
       .def_property_readonly("path", &CheckpointFileWriter::path);
 
   py::class_<CheckpointFileReader>(m, "CheckpointFileReader")
-      .def(py::init([](const std::string& path) {
+      .def(py::init([](const std::string& path, bool direct, uint64_t readahead_bytes, unsigned threads) {
              py::gil_scoped_release nogil;
-             return std::make_unique<CheckpointFileReader>(path);
+             return std::make_unique<CheckpointFileReader>(
+                 path, CheckpointReaderOptions{direct, readahead_bytes, threads});
            }),
-           py::arg("path"))
+           py::arg("path"), py::arg("direct") = false, py::arg("readahead_bytes") = uint64_t(64) << 20,
+           py::arg("threads") = 6,
+           "Reads through the page cache, asking the kernel to read `readahead_bytes` ahead; `direct=True` "
+           "reads uncached bytes with O_DIRECT instead.")
       .def_property_readonly("records", &CheckpointFileReader::records)
       .def_property_readonly("direct", &CheckpointFileReader::direct,
-                             "Whether uncached bytes are read with O_DIRECT (False where the filesystem refuses it).")
+                             "Whether uncached bytes are read with O_DIRECT (False for a buffered reader, and where the "
+                             "filesystem refuses it).")
       .def("record_length",
            [](const CheckpointFileReader& r, uint64_t i) {
              if (i >= r.records()) throw py::index_error("record index out of range");
@@ -150,7 +155,7 @@ void bind_checkpoint(py::module_& m) {
       py::arg("a"), py::arg("b"), "Atomically swaps two paths; False where the filesystem cannot.");
   m.def(
       "copy_memory",
-      [](const py::list& pieces) {
+      [](const py::list& pieces, int helpers) {
         std::vector<CopyPiece> views(pieces.size());
         for (size_t k = 0; k < views.size(); ++k) {
           auto t = pieces[k].cast<py::tuple>();
@@ -161,11 +166,12 @@ void bind_checkpoint(py::module_& m) {
           views[k] = {reinterpret_cast<uint8_t*>(dst), reinterpret_cast<const uint8_t*>(src), size};
         }
         py::gil_scoped_release nogil;
-        copy_pieces(views.data(), views.size(), default_copy_helpers());
+        copy_pieces(views.data(), views.size(), helpers < 0 ? default_copy_helpers() : std::min(static_cast<unsigned>(helpers), 7u));
       },
-      py::arg("pieces"),
+      py::arg("pieces"), py::arg("helpers") = -1,
       "Copies (destination, source, size) triples of raw addresses (private: the caller guarantees the "
-      "memory), splitting large batches across the usable CPUs.");
+      "memory), splitting large batches across the usable CPUs; `helpers` pool threads besides the caller "
+      "(-1: one per further usable CPU).");
   m.def("crc32c_combine", &crc32c_combine, py::arg("crc_a"), py::arg("crc_b"), py::arg("len_b"),
         "CRC32C of A||B from crc32c(A), crc32c(B) and len(B).");
 }

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cerrno>
 #include <cstddef>
 #include <cstdlib>
@@ -355,15 +356,17 @@ constexpr uint64_t kDirectPart = uint64_t(1) << 20;  // parts this large are rea
 constexpr uint64_t kReadPiece = uint64_t(4) << 20;   // one read; hashed right after it lands
 constexpr uint64_t kRunBytes = uint64_t(4) << 20;    // small parts coalesced up to this span
 constexpr uint64_t kRunGap = 4096;                   // ... when at most this far apart
-constexpr size_t kReadThreads = 6;                   // reads in flight
 }  // namespace
 
-CheckpointFileReader::CheckpointFileReader(const std::string& path) : path_(path) {
+CheckpointFileReader::CheckpointFileReader(const std::string& path, CheckpointReaderOptions options)
+    : path_(path), options_(options) {
+  if (options_.threads < 1) throw_value("need at least 1 read thread");
   file_ = RecordFile::open(path);
   fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd_ < 0) throw_io(path, "cannot open", errno);
   // No access-pattern advice: with several readers in flight, SEQUENTIAL
   // measured three times slower than the default on a cold cache.
+  if (!options_.direct) return;
   try {
     direct_fd_ = file_->direct_fd();
     direct_align_ = file_->direct_align();
@@ -502,11 +505,53 @@ int64_t CheckpointFileReader::read_verified(const ReadPart* parts, size_t n) {
   std::atomic<bool> failed{false};
   std::mutex mu;
   std::exception_ptr error;
+
+  // Buffered reads: the kernel is asked to read the next `readahead_bytes`
+  // beyond the task the threads last claimed; a helper thread keeps the
+  // window sliding, so requests stay queued on the device while the threads
+  // copy. Pages already cached cost the advice nothing.
+  const uint64_t window = direct_ ? 0 : options_.readahead_bytes;
+  auto file_begin = [&](size_t t) { return tasks[t].piece ? at[tasks[t].first] + tasks[t].begin : tasks[t].begin; };
+  size_t advised = 0;  // tasks advised so far (advisor thread only, once started)
+  auto advise_until = [&](uint64_t limit) {
+    while (advised < tasks.size() && file_begin(advised) < limit) {
+      ::posix_fadvise(fd_, static_cast<off_t>(file_begin(advised)), static_cast<off_t>(tasks[advised].size),
+                      POSIX_FADV_WILLNEED);  // advice only: a failure just means no read-ahead
+      ++advised;
+    }
+  };
+  std::mutex advise_mu;
+  std::condition_variable advise_cv;
+  bool reading_done = false;
+  std::thread advisor;
+  if (window && !tasks.empty()) {
+    advise_until(file_begin(0) + window);
+    if (advised < tasks.size()) {
+      advisor = std::thread([&] {
+        std::unique_lock<std::mutex> lock(advise_mu);
+        size_t seen = SIZE_MAX;
+        while (advised < tasks.size()) {
+          advise_cv.wait(lock, [&] { return reading_done || next.load() != seen; });
+          if (reading_done) break;
+          seen = next.load();
+          const size_t t = std::min(seen, tasks.size() - 1);
+          lock.unlock();
+          advise_until(file_begin(t) + window);
+          lock.lock();
+        }
+      });
+    }
+  }
+
   auto work = [&]() {
     std::vector<uint8_t> run;
     Bounce bounce;
     try {
       for (size_t t; !failed.load(std::memory_order_relaxed) && (t = next.fetch_add(1)) < tasks.size();) {
+        if (advisor.joinable()) {
+          { std::lock_guard<std::mutex> lock(advise_mu); }  // no lost wake-up between the advisor's check and wait
+          advise_cv.notify_one();
+        }
         Task& task = tasks[t];
         if (task.piece) {
           uint8_t* dst = parts[task.first].dst + task.begin;
@@ -531,11 +576,19 @@ int64_t CheckpointFileReader::read_verified(const ReadPart* parts, size_t n) {
       failed = true;
     }
   };
-  const size_t nthreads = std::min<size_t>(kReadThreads, tasks.size());
+  const size_t nthreads = std::min<size_t>(options_.threads, tasks.size());
   std::vector<std::thread> pool;
   for (size_t k = 1; k < nthreads; ++k) pool.emplace_back(work);
   work();
   for (auto& th : pool) th.join();
+  if (advisor.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(advise_mu);
+      reading_done = true;
+    }
+    advise_cv.notify_one();
+    advisor.join();
+  }
   if (error) std::rethrow_exception(error);
 
   // The first part, in order, whose bytes do not match.

@@ -136,26 +136,41 @@ struct ReadPart {
   uint8_t* dst;
 };
 
+struct CheckpointReaderOptions {
+  // false: buffered reads through the page cache (the default), so a second
+  // load, or another process loading the same files, finds them cached.
+  // true: uncached bytes bypass the page cache (O_DIRECT), for checkpoints
+  // larger than memory or to leave the cache to other data.
+  bool direct = false;
+  // Buffered reads: how far ahead of the copying threads the kernel is asked
+  // to read (POSIX_FADV_WILLNEED), so the device always has large requests
+  // queued while the threads copy out of the cache. 0: no advice.
+  uint64_t readahead_bytes = uint64_t(64) << 20;
+  unsigned threads = 6;  // reading and copying threads (>= 1)
+};
+
 // Reads checkpoint data files: parts of records straight into their final
 // memory, each 4 MiB piece hashed right after it lands (still in cache), so
 // the checksum costs no second pass over memory; piece checksums are
 // combined per part. Small parts that lie close together in the file
 // (tensors packed into one record) are read with one request into a bounce
-// buffer and copied out. A few threads read in file order, keeping several
-// reads in flight (cold reads need the queue depth). The file is opened and
-// validated as any record file (RecordFile::open); offsets come from its
-// index, never from the caller. One thread calls a reader at a time.
+// buffer and copied out. A few threads read in file order. The file is
+// opened and validated as any record file (RecordFile::open); offsets come
+// from its index, never from the caller. One thread calls a reader at a time.
 //
-// A span whose pages are all in the page cache (mincore on a mapping of the
-// file, which reads nothing) is copied from it with pread; any other span is
-// read with O_DIRECT into an aligned per-thread buffer and copied to its
-// destination, bypassing the page cache as the writer does: cold buffered
-// reads pay for filling and evicting the cache and measured 25% to several
-// times slower on the disk the figures were taken on. Where the filesystem
+// Buffered (the default): plain preads, with a helper thread asking the
+// kernel to read `readahead_bytes` ahead of the position the threads have
+// reached, so a cold read keeps the device busy with large requests while
+// the threads copy what has landed; the data stays in the page cache.
+//
+// Direct: a span whose pages are all in the page cache (mincore on a mapping
+// of the file, which reads nothing) is copied from it with pread; any other
+// span is read with O_DIRECT into an aligned per-thread buffer and copied to
+// its destination, leaving the page cache as it was. Where the filesystem
 // refuses O_DIRECT, reads are plain preads.
 class CheckpointFileReader {
  public:
-  explicit CheckpointFileReader(const std::string& path);  // throws Error
+  explicit CheckpointFileReader(const std::string& path, CheckpointReaderOptions options = {});  // throws Error
   ~CheckpointFileReader();
   CheckpointFileReader(const CheckpointFileReader&) = delete;
   CheckpointFileReader& operator=(const CheckpointFileReader&) = delete;
@@ -169,8 +184,8 @@ class CheckpointFileReader {
   // its record or a file shorter than its index, kIo with errno.
   int64_t read_verified(const ReadPart* parts, size_t n);
 
-  // Whether reads of uncached bytes still use O_DIRECT (false once the
-  // filesystem refused it).
+  // Whether reads of uncached bytes use O_DIRECT: false for a buffered
+  // reader, and once the filesystem refused O_DIRECT.
   bool direct() const { return direct_; }
 
  private:
@@ -181,6 +196,7 @@ class CheckpointFileReader {
   uint64_t read_direct(uint8_t* dst, uint64_t length, uint64_t offset, Bounce& bounce);
 
   std::string path_;
+  CheckpointReaderOptions options_;
   std::unique_ptr<class RecordFile> file_;
   int fd_ = -1;
   int direct_fd_ = -1;  // owned by file_

@@ -226,12 +226,15 @@ class StorageReader(_StorageReaderBase):
 
     ``trusted=True`` hands DCP's planner the bytes of non-tensor values even
     when they need more than ``torch.load(weights_only=True)`` allows.
+    ``direct`` is as for ``load``: reads go through the page cache (shared
+    by the ranks of a node) unless ``direct=True``.
     """
 
-    def __init__(self, path, *, trusted=False):
+    def __init__(self, path, *, trusted=False, direct=False):
         super().__init__()
         self.path = os.path.abspath(os.fspath(path))
         self.trusted = trusted
+        self.direct = bool(direct)
         self.load_id = str(uuid.uuid4())
         self.storage_data = {}
         self._dtypes = {}
@@ -315,7 +318,7 @@ class StorageReader(_StorageReaderBase):
     def _reader(self, loc):
         r = self._readers.get(loc.file)
         if r is None:
-            r = self._readers[loc.file] = _core.CheckpointFileReader(self._file_path(loc))
+            r = self._readers[loc.file] = _core.CheckpointFileReader(self._file_path(loc), direct=self.direct)
         if loc.record >= r.records or r.record_length(loc.record) != loc.length:
             raise FormatError(f"{self._file_path(loc)}: record {loc.record} does not match the checkpoint metadata")
         return r

@@ -3,10 +3,13 @@
 Tensor bytes are read into the final tensor storage (no intermediate
 ``bytes``), in file order, by the C++ checkpoint reader: each 4 MiB piece is
 hashed right after it lands, while still in cache, so the CRC32C check costs
-no second pass over memory; what the page cache does not hold is read with
-O_DIRECT through a small aligned buffer; small tensors packed into one
-record are read with one request and copied out. A mismatch raises
-ChecksumError naming the tensor. The GIL is released while reading.
+no second pass over memory; small tensors packed into one record are read
+with one request and copied out. Reads go through the page cache, with the
+kernel asked to read well ahead of the copying threads, so a second load (or
+another process on the node loading the same checkpoint) finds the bytes
+cached; ``direct=True`` reads what the cache does not hold with O_DIRECT
+instead, leaving the cache as it was. A mismatch raises ChecksumError naming
+the tensor. The GIL is released while reading.
 """
 
 import os
@@ -45,15 +48,16 @@ class Checkpoint:
     ``ck.keys()`` lists the top-level keys (when the saved object is a dict),
     ``ck[key]`` loads one entry, ``ck.load(keys=None)`` loads everything or a
     selection, ``ck.arrays()`` describes every stored array without reading
-    it. Only the bytes of what is asked are read. ``map_location`` and
-    ``trusted`` are as for ``load``. A context manager; ``close()`` releases
-    the files.
+    it. Only the bytes of what is asked are read. ``map_location``,
+    ``trusted`` and ``direct`` are as for ``load``. A context manager;
+    ``close()`` releases the files.
     """
 
-    def __init__(self, path, map_location=None, trusted=False):
+    def __init__(self, path, map_location=None, trusted=False, direct=False):
         self.path = resolve_for_load(path)
         self.map_location = map_location
         self.trusted = bool(trusted)
+        self.direct = bool(direct)
         with gc_paused():
             self._manifest = read_manifest(self.path)
         if self._manifest.get("kind") != "tree":
@@ -291,7 +295,7 @@ class Checkpoint:
     def _reader(self, f):
         r = self._readers.get(f)
         if r is None:
-            r = _core.CheckpointFileReader(os.path.join(self.path, self._files[f]))
+            r = _core.CheckpointFileReader(os.path.join(self.path, self._files[f]), direct=self.direct)
             expected = self._manifest["files"][f].get("records")
             if r.records != expected:
                 raise FormatError(f"{self.path}/{self._files[f]}: {r.records} records, the manifest says {expected!r}")
@@ -401,7 +405,7 @@ def _relocate(t, saved_device, map_location):
     return t.to(device)
 
 
-def load(path, map_location=None, trusted=False, keys=None, dataset=None):
+def load(path, map_location=None, trusted=False, keys=None, dataset=None, direct=False):
     """Loads the checkpoint directory at ``path``.
 
     Returns the saved object, or with ``keys`` a dict of the selected entries
@@ -417,11 +421,20 @@ def load(path, map_location=None, trusted=False, keys=None, dataset=None):
     trained on; when the checkpoint's top-level ``"dataset_fingerprint"``
     differs, a DatasetMismatchWarning says so.
 
+    ``direct``: False (the default) reads through the page cache, with the
+    kernel asked to read ahead of the copying threads: the bytes stay cached,
+    so loading the checkpoint again, or from several processes on one node
+    (one per rank), reads the disk once. True reads what the page cache does
+    not hold with O_DIRECT and leaves the cache as it was: for checkpoints
+    larger than the free memory, or to keep the cache for other data (each
+    load then reads the disk again). Where the filesystem refuses O_DIRECT,
+    reads are buffered either way.
+
     Raises FileNotFoundError when nothing is at ``path``, FormatError when it
     is not a complete checkpoint, ChecksumError when bytes are damaged.
     """
     with gc_paused():  # also while the manifest is freed: nothing left to scan after
-        with Checkpoint(path, map_location=map_location, trusted=trusted) as ck:
+        with Checkpoint(path, map_location=map_location, trusted=trusted, direct=direct) as ck:
             if dataset is not None:
                 from .training import check_dataset_fingerprint
 
