@@ -1,4 +1,5 @@
-"""async_save: staged copy, background write, bounded staging, errors through the future."""
+"""async_save: staged copy (blocking or in the background), background write,
+bounded staging, errors through the future."""
 
 import os
 import threading
@@ -100,7 +101,8 @@ def test_overlapping_async_saves_are_serialised(tmp_path):
 
 @pytest.mark.parametrize("step", ["record-written", "manifest-written", "before-commit"])
 @pytest.mark.parametrize("cap", [None, 1 << 20])
-def test_writer_errors_are_raised_by_the_future(tmp_path, step, cap):
+@pytest.mark.parametrize("staging", ["blocking", "background"])
+def test_writer_errors_are_raised_by_the_future(tmp_path, step, cap, staging):
     ck.save({"v": 1}, tmp_path / "c")
 
     def fail(name):
@@ -109,9 +111,10 @@ def test_writer_errors_are_raised_by_the_future(tmp_path, step, cap):
 
     commit._sync_hook = fail
     try:
-        fut = ck.async_save(make_state(6, n=16), tmp_path / "c", max_staging_bytes=cap)
+        fut = ck.async_save(make_state(6, n=16), tmp_path / "c", max_staging_bytes=cap, staging=staging)
         with pytest.raises(OSError, match="injected"):
             fut.result(timeout=120)
+        fut.wait_staged(timeout=120)  # the copy itself did not fail: the tensors are free again
         with pytest.raises(OSError, match="injected"):
             fut.wait()
     finally:
@@ -169,3 +172,92 @@ def test_large_and_non_contiguous_tensors_are_staged_exactly(tmp_path, cap):
     assert torch.equal(out["big"], expect["big"]) and torch.equal(out["odd"], expect["odd"])
     assert torch.equal(out["strided"], expect["strided"])
     assert all(torch.equal(a, b) for a, b in zip(out["views"], expect["views"]))
+
+
+@pytest.mark.parametrize("cap", [None, 1 << 20])
+def test_background_staging_saves_the_state_of_the_call(tmp_path, cap):
+    async_saving.release_staging_memory()
+    state = make_state(30, n=24)
+    expect = clone(state)
+    fut = ck.async_save(state, tmp_path / "c", max_staging_bytes=cap, staging="background")
+    state["step"] = 99  # containers and plain values were encoded before the call returned
+    state["layers"].append(torch.ones(3))
+    fut.wait_staged(timeout=120)
+    assert fut.staged()
+    for t in state["layers"] + [state["t"]] + state["small"]:
+        t.fill_(-1)  # a training step after wait_staged()
+    state["np"][:] = -1
+    assert fut.result(timeout=120) == os.path.abspath(tmp_path / "c")
+    out = ck.load(tmp_path / "c")
+    assert len(out["layers"]) == len(expect["layers"])
+    equal_states(out, expect)
+
+
+def test_blocking_staging_is_staged_when_it_returns(tmp_path):
+    fut = ck.async_save(make_state(31), tmp_path / "c")
+    assert fut.staged()
+    fut.wait_staged(timeout=0)
+    fut.result(timeout=120)
+
+
+def failing_copy(pieces, helpers=-1):
+    raise OSError(12, "Cannot allocate memory (injected)")
+
+
+@pytest.mark.parametrize("cap", [None, 1 << 20])
+def test_background_staging_errors_reach_both_waits(tmp_path, monkeypatch, cap):
+    ck.save({"v": 1}, tmp_path / "c")
+    monkeypatch.setattr(async_saving._core, "copy_memory", failing_copy)
+    fut = ck.async_save(make_state(32), tmp_path / "c", max_staging_bytes=cap, staging="background")
+    with pytest.raises(OSError, match="injected"):
+        fut.wait_staged(timeout=120)
+    with pytest.raises(OSError, match="injected"):
+        fut.result(timeout=120)
+    assert fut.staged()
+    monkeypatch.undo()
+    assert ck.load(tmp_path / "c") == {"v": 1}
+    assert [e for e in os.listdir(tmp_path) if e.startswith(".")] == []
+    ck.async_save({"v": 2}, tmp_path / "c", staging="background").result(timeout=120)
+    assert ck.load(tmp_path / "c") == {"v": 2}
+
+
+def test_blocking_staging_errors_are_raised_by_the_call_and_the_future(tmp_path, monkeypatch):
+    ck.save({"v": 1}, tmp_path / "c")
+    monkeypatch.setattr(async_saving._core, "copy_memory", failing_copy)
+    with pytest.raises(OSError, match="injected"):
+        ck.async_save(make_state(33), tmp_path / "c")
+    future = async_saving._inflight
+    with pytest.raises(OSError, match="injected"):
+        future.wait_staged(timeout=120)
+    with pytest.raises(OSError, match="injected"):
+        future.result(timeout=120)
+    monkeypatch.undo()
+    assert ck.load(tmp_path / "c") == {"v": 1}
+    assert [e for e in os.listdir(tmp_path) if e.startswith(".")] == []
+
+
+def test_overlapping_background_saves_are_serialised(tmp_path):
+    # Each call waits for the previous save before staging into the shared
+    # buffer, so every checkpoint holds its own state.
+    states = {s: make_state(s, n=12) for s in (40, 41, 42)}
+    expect = {s: clone(st) for s, st in states.items()}
+    futures = {}
+    for s, st in states.items():
+        futures[s] = ck.async_save(st, tmp_path / f"c{s}", staging="background")
+        ck.async_save(st, tmp_path / "same", staging="background").wait_staged(timeout=120)
+    for s, st in states.items():
+        futures[s].wait_staged(timeout=120)
+        for t in st["layers"]:
+            t.zero_()
+    for f in futures.values():
+        f.result(timeout=120)
+    async_saving._inflight.result(timeout=120)
+    for s in states:
+        equal_states(ck.load(tmp_path / f"c{s}"), expect[s])
+    equal_states(ck.load(tmp_path / "same"), expect[42])
+
+
+def test_unknown_staging_mode_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="staging"):
+        ck.async_save({"x": 1}, tmp_path / "c", staging="lazy")
+    assert not (tmp_path / "c").exists()

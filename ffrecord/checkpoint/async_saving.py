@@ -1,21 +1,31 @@
-"""async_save(): copy a state to host memory, return, write it in the background.
+"""async_save(): copy a state to host memory, write it in the background.
 
-The caller's thread encodes the tree and copies every tensor into a staging
-buffer in host memory (pinned when CUDA is available, so device-to-host
-copies run at full speed; host memory is copied by the C++ core without the
-GIL, large records split across the usable CPUs); a background thread
-writes the staged bytes with the same writer and commit protocol as
-``save``. The caller may change or
-free its tensors as soon as ``async_save`` returns.
+The tree is encoded in the caller's thread; every tensor is then copied into
+a staging buffer in host memory (pinned when CUDA is available, so
+device-to-host copies run at full speed; host memory is copied by the C++
+core without the GIL, large records split across the usable CPUs); a
+background thread writes the staged bytes with the same writer and commit
+protocol as ``save``.
+
+Staging modes:
+
+- ``"blocking"`` (the default): the copy runs in the caller's thread, so the
+  caller may change or free its tensors as soon as ``async_save`` returns.
+- ``"background"``: the copy runs in a background thread too, and
+  ``async_save`` returns once the tree is encoded. The caller must call
+  ``future.wait_staged()`` before it changes the bytes of any saved tensor or
+  array (e.g. before the next ``optimizer.step()``).
 
 Bounded staging: the staging buffer is a FIFO ring of at most
-``max_staging_bytes``. When the state is larger, the caller copies records
-into the ring as fast as the writer frees space, so it blocks only as long as
+``max_staging_bytes``. When the state is larger, the stager copies records
+into the ring as fast as the writer frees space, so it waits only as long as
 needed and never allocates more. The buffer is kept for the next call (saves
 of the same shapes reuse it); ``release_staging_memory()`` frees it.
 
 At most one async save is in flight per process: a second call first waits
-for the previous one to finish (the staging buffer is shared).
+for the previous one to finish (the staging buffer is shared). A future is
+resolved only once its staging has stopped, so the buffer is never written
+by two saves.
 """
 
 import collections
@@ -48,12 +58,43 @@ def _align(n):
 
 
 class SaveFuture(concurrent.futures.Future):
-    """The outcome of an ``async_save``: ``result()`` returns the checkpoint
-    path once it is committed and durable, and raises the writer's error if
-    the save failed; ``wait()`` does the same and returns None."""
+    """The outcome of an ``async_save``.
+
+    ``result()`` returns the checkpoint path once it is committed and
+    durable, and raises the error of the staging or of the writing if the
+    save failed; ``wait()`` does the same and returns None.
+    ``wait_staged()`` returns once every saved tensor and array has been
+    copied to host memory (at once for ``staging="blocking"``), raising the
+    staging copy's error if it failed; ``staged()`` says whether that point
+    has been reached, without waiting.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._staged = threading.Event()
+        self._staging_error = None
 
     def wait(self, timeout=None):
         self.result(timeout)
+
+    def staged(self):
+        """True once the staging copy has ended (successfully or not)."""
+        return self._staged.is_set()
+
+    def wait_staged(self, timeout=None):
+        """Waits until every saved tensor and array is copied to host memory;
+        from then on the caller may change them. Raises the copy's error (the
+        same one ``result()`` raises), or TimeoutError after ``timeout``
+        seconds. An error of the writing that stopped the copy early is left
+        to ``result()``: the tensors are no longer read either way."""
+        if not self._staged.wait(timeout):
+            raise TimeoutError("staging did not finish in time")
+        if self._staging_error is not None:
+            raise self._staging_error
+
+    def _end_staging(self, error=None):
+        self._staging_error = error
+        self._staged.set()
 
 
 class _Ring:
@@ -131,19 +172,41 @@ def _staging_buffer(capacity, limit):
     return _arena
 
 
-def async_save(obj, path, *, max_staging_bytes=None, trusted=False, chunk_bytes=None, file_bytes=None):
+STAGING_MODES = ("blocking", "background")
+
+
+def async_save(obj, path, *, max_staging_bytes=None, trusted=False, chunk_bytes=None, file_bytes=None,
+               staging="blocking"):
     """Starts saving ``obj`` to ``path`` (as ``save`` does) and returns a
-    SaveFuture once every tensor is copied to host memory.
+    SaveFuture.
+
+    ``staging="blocking"`` (the default) returns once every tensor is copied
+    to host memory: the caller may change its tensors at once.
+
+    ``staging="background"`` returns as soon as the tree is encoded and
+    copies the tensors in a background thread. Contract: until
+    ``future.wait_staged()`` returns, the caller must not change the bytes of
+    any tensor or numpy array in ``obj`` (no in-place update such as an
+    optimizer step, ``zero_()``, ``copy_()``, or writes into an array);
+    reading them is fine, and so is changing the containers of ``obj`` and its
+    non-tensor values, which were encoded before the call returned. Call
+    ``wait_staged()`` before the first such change (e.g. before the next
+    ``optimizer.step()``); bytes changed before it returns may be saved in
+    either state, or torn.
 
     ``max_staging_bytes`` caps the host memory used for staging (at least
-    1 MiB); beyond it, this call streams the state through the cap, waiting
-    for the writer. Errors about the object itself (unsupported leaves) and
-    the path are raised here; errors of the writing are raised by the
-    future's ``result()`` / ``wait()``. The checkpoint appears at ``path``
+    1 MiB); beyond it, the copy streams the state through the cap, waiting
+    for the writer (in the caller's thread for blocking staging). Errors
+    about the object itself (unsupported leaves), the arguments and the path
+    are raised here; errors of the staging copy are raised by
+    ``wait_staged()`` and by ``result()`` / ``wait()``; errors of the writing
+    by ``result()`` / ``wait()``. The checkpoint appears at ``path``
     atomically when the write completes; until then ``path`` keeps its
     previous content.
     """
     global _inflight
+    if staging not in STAGING_MODES:
+        raise ValueError(f"staging must be one of {STAGING_MODES}, got {staging!r}")
     limit = float("inf")
     chunk = CHUNK_BYTES if chunk_bytes is None else int(chunk_bytes)
     pack = PACK_BYTES
@@ -176,26 +239,47 @@ def async_save(obj, path, *, max_staging_bytes=None, trusted=False, chunk_bytes=
         )
         writer.start()
         _inflight = future
-        try:
-            _stage(plan, ring, queue, ready, hold=sum(sizes) <= buffer.numel())
-        except BaseException as e:
-            with ready:
-                queue.append(("abort", e))
-                ready.notify()
-            if ring.failed is None:
-                raise
+        background = staging == "background"
+        stage = (plan, ring, queue, ready, sum(sizes) <= buffer.numel(), background, future)
+        if background:
+            threading.Thread(target=_stage_or_abort, args=stage, name="ffrecord-async-stage").start()
+        else:
+            error = _stage_or_abort(*stage)
+            if error is not None:
+                raise error
         return future
 
 
-def _stage(plan, ring, queue, ready, hold):
+def _stage_or_abort(plan, ring, queue, ready, hold, settle, future):
+    """Runs the staging copy; on failure tells the writer to abort (the
+    future then raises the error). Ends the future's staging, last. Returns
+    the copy's own error, or None (also when the writer's error stopped it:
+    that one is the future's)."""
+    error = None
+    try:
+        _stage(plan, ring, queue, ready, hold, settle)
+    except BaseException as e:
+        with ready:
+            queue.append(("abort", e))
+            ready.notify()
+        if ring.failed is None:
+            error = e
+    finally:
+        future._end_staging(error)
+    return error
+
+
+def _stage(plan, ring, queue, ready, hold, settle):
     """Copies every record into the ring and queues it for the writer. With
     ``hold`` (the ring holds the whole state), the writer gets nothing until
-    all is copied, so it does not compete with the caller for CPU and memory
-    bandwidth while the caller is blocked."""
+    all is copied, so it does not compete with the copy for CPU and memory
+    bandwidth. With ``settle``, returns only once device-to-host copies
+    have landed."""
     torch = _torch()
     base = ring.buffer.data_ptr()
     cached = (None, None, None)  # (item index, owner, host address or device bytes)
     held = []
+    last_event = None
     for record in plan.records:
         start = ring.alloc(_align(record_bytes(record)))
         pieces, copies, owners, at, cuda = [], [], [], start, False
@@ -222,7 +306,7 @@ def _stage(plan, ring, queue, ready, hold):
         del owners
         event = None
         if cuda:
-            event = torch.cuda.Event()
+            event = last_event = torch.cuda.Event()
             event.record()
         if hold:
             held.append(("record", (record, pieces, event)))
@@ -230,6 +314,12 @@ def _stage(plan, ring, queue, ready, hold):
         with ready:
             queue.append(("record", (record, pieces, event)))
             ready.notify()
+    if settle and last_event is not None:
+        # Background staging: "staged" means the device-to-host copies have
+        # landed, not only been queued, so the caller may then change the
+        # tensors from any stream. (Blocking staging returns after queueing
+        # them; the caller's later work on the same stream runs after them.)
+        last_event.synchronize()
     with ready:
         queue.extend(held)
         queue.append(("done", None))
@@ -259,10 +349,14 @@ def _write_staged(plan, ring, queue, ready, commit, file_bytes, future):
             write_manifest(commit.tmp, plan.manifest(files))
         sync_point("manifest-written")
         commit.commit()
+        future._staged.wait()  # resolved after staged, in every outcome
     except BaseException as e:
         ring.fail(e)
         out.abort()
         commit.abort()
+        # Resolve only once the stager has stopped writing into the shared
+        # staging buffer (ring.fail makes it stop at its next record).
+        future._staged.wait()
         future.set_exception(e)
         return
     future.set_result(commit.target)
