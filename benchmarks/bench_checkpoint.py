@@ -8,7 +8,10 @@ Workloads (all fp32, contiguous, in host memory):
   5000-small   5,000 tensors of 1..2048 float32 elements
 
 Methods:
-  ffrecord     ffrecord.checkpoint.save / load (save is durable when it returns)
+  ffrecord     ffrecord.checkpoint.save / load (save is durable when it returns;
+               load reads through the page cache, the default)
+  ffrecord-direct  the same save; load(direct=True): what the page cache does
+               not hold is read with O_DIRECT, and the cache is left as it was
   torch        torch.save to one file (+ fsync for "durable") / torch.load(weights_only=True)
   safetensors  safetensors.torch.save_file (+ fsync) / load_file; the optimizer
                state flattened to named tensors, its param_groups in the metadata
@@ -20,14 +23,26 @@ Methods:
 Columns: "returned" is the time until the call returns, "durable" until the
 data is fsynced; loads run "warm" (page cache filled by a previous load) and
 "cold" (every file of the checkpoint dropped from the page cache with
-posix_fadvise(DONTNEED) after an fsync; ffrecord reads what is not cached with
-O_DIRECT and leaves the cache as it was, so its "warm" load reads the disk
-again); every load ends by reading one byte
-of each page of the result (safetensors maps the file and reads lazily, so
+posix_fadvise(DONTNEED) after an fsync; ffrecord-direct leaves the cache as it
+was, so its "warm" load reads the disk again); every load ends by reading one
+byte of each page of the result (safetensors maps the file and reads lazily, so
 it pays its reads there). The repeats are interleaved (fio and every method
 once per round), so a busy moment of a shared machine hits them alike; each
-cell gives the median and the best of --repeats rounds. async_save is measured separately: the time the caller is
-blocked, and the time until the future resolves.
+cell gives the median and the best of --repeats rounds.
+
+Measured separately, on the large workload:
+  copy         the staging copy alone: every tensor copied into one reused
+               destination by the C++ core, with 1 thread and with 2
+  async_save   for staging="blocking" and "background", unbounded and with
+               --staging-cap: the time until async_save returns, until
+               wait_staged() returns, and until the save is durable
+  step         a simulated training step (CPU matmuls calibrated to
+               --step-seconds alone, then an in-place update of every saved
+               tensor, as an optimizer step): without a save, with a blocking
+               async_save before it, and with a background one (the update
+               waits for wait_staged()); the time lost is the difference.
+               Run with the matmuls on every CPU, then on one thread (a step
+               that leaves CPUs free, as when the host waits for a GPU)
 
     python benchmarks/bench_checkpoint.py                 # defaults: 4 layers (~1.24 GB)
     python benchmarks/bench_checkpoint.py --layers 1 --repeats 1   # quick
@@ -162,6 +177,13 @@ class Ffrecord:
         return ck.load(path)
 
 
+class FfrecordDirect(Ffrecord):
+    name = "ffrecord-direct"
+
+    def load(self, path, like):
+        return ck.load(path, direct=True)
+
+
 class TorchSave:
     name = "torch.save"
 
@@ -269,25 +291,102 @@ def run_fio_once(workdir, nbytes, out):
     remove(path)
 
 
-def run_async(state, workdir, repeats, cap):
+def run_async(state, workdir, repeats, cap, staging):
+    """Seconds until async_save returns, until staged, until durable (medians
+    over ``repeats`` calls after a first one that allocates the staging buffer)."""
     path = os.path.join(workdir, "ckpt-async")
-    blocked, total = [], []
+    runs = {"returned": [], "staged": [], "durable": []}
     ck.release_staging_memory()
     for i in range(repeats + 1):  # the first call allocates the staging buffer: reported apart
         remove(path)
         t0 = time.perf_counter()
-        fut = ck.async_save(state, path, max_staging_bytes=cap)
+        fut = ck.async_save(state, path, max_staging_bytes=cap, staging=staging)
         t1 = time.perf_counter()
-        fut.result()
+        fut.wait_staged()
         t2 = time.perf_counter()
+        fut.result()
+        t3 = time.perf_counter()
         if i == 0:
-            first = t1 - t0
+            first = t2 - t0
         else:
-            blocked.append(t1 - t0)
-            total.append(t2 - t0)
+            for key, t in (("returned", t1), ("staged", t2), ("durable", t3)):
+                runs[key].append(t - t0)
     remove(path)
     ck.release_staging_memory()
-    return {"first_blocked": first, "blocked": statistics.median(blocked), "total": statistics.median(total)}
+    return {"first_staged": first, **{k: statistics.median(v) for k, v in runs.items()}}
+
+
+def copy_bandwidth(state, repeats):
+    """GB/s of the staging copy alone (C++ core, reused destination), with 1 and 2 threads."""
+    from ffrecord import _core
+
+    leaves = [t for t in _leaves(state) if t.numel()]
+    total = sum(t.numel() * t.element_size() for t in leaves)
+    dst = torch.empty(total, dtype=torch.uint8)
+    pieces, at = [], dst.data_ptr()
+    for t in leaves:
+        n = t.numel() * t.element_size()
+        pieces.append((at, t.data_ptr(), n))
+        at += n
+    _core.copy_memory(pieces)  # faults the destination in: later copies reuse it
+    out = {}
+    for threads in (1, 2):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            _core.copy_memory(pieces, helpers=threads - 1)
+            times.append(time.perf_counter() - t0)
+        out[threads] = total / statistics.median(times) / GB
+    return out
+
+
+def calibrate_step(seconds):
+    """Number of 1024x1024 fp32 matmuls that take about ``seconds`` alone."""
+    a = torch.randn(1024, 1024)
+    b = torch.randn(1024, 1024)
+    n, t = 4, 0.0
+    while t < 0.2:
+        n *= 2
+        t0 = time.perf_counter()
+        for _ in range(n):
+            torch.mm(a, b)
+        t = time.perf_counter() - t0
+    return max(1, round(n * seconds / t)), (a, b)
+
+
+def run_steps(state, workdir, repeats, matmuls, ab):
+    """Median seconds of one simulated training step: without a save, with a
+    blocking async_save at its start, with a background one. Rounds are
+    interleaved; each save is waited for (durable) outside the timed step."""
+    path = os.path.join(workdir, "ckpt-step")
+    leaves = [t for t in _leaves(state) if t.is_floating_point()]
+    a, b = ab
+
+    def step():
+        for _ in range(matmuls):
+            torch.mm(a, b)
+
+    def update():  # the optimizer step: every saved tensor changes in place
+        torch._foreach_mul_(leaves, 1.0)
+
+    times = {"none": [], "blocking": [], "background": []}
+    ck.release_staging_memory()
+    ck.async_save(state, path).result()  # allocates the staging buffer, reused below
+    for _ in range(repeats):
+        for mode in times:
+            remove(path)
+            t0 = time.perf_counter()
+            fut = None if mode == "none" else ck.async_save(state, path, staging=mode)
+            step()
+            if fut is not None:
+                fut.wait_staged()
+            update()
+            times[mode].append(time.perf_counter() - t0)
+            if fut is not None:
+                fut.result()
+    remove(path)
+    ck.release_staging_memory()
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 # ---- report ----------------------------------------------------------------------
@@ -313,12 +412,15 @@ def main():
     ap.add_argument("--layers", type=int, default=4, help="transformer blocks of the GPT-2-medium-like model")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workdir", default="/tmp/ffrecord-bench-checkpoint")
-    ap.add_argument("--methods", default="ffrecord,torch.save,safetensors,dcp")
+    ap.add_argument("--methods", default="ffrecord,ffrecord-direct,torch.save,safetensors,dcp")
     ap.add_argument("--staging-cap", type=int, default=256 << 20, help="max_staging_bytes for the bounded async run")
+    ap.add_argument("--step-seconds", type=float, default=1.0,
+                    help="compute of the simulated training step, alone (0: skip the step measurement)")
     args = ap.parse_args()
 
     os.makedirs(args.workdir, exist_ok=True)
-    methods = [m for m in (Ffrecord(), TorchSave(), Safetensors(), Dcp()) if m.name in args.methods.split(",")]
+    methods = [m for m in (Ffrecord(), FfrecordDirect(), TorchSave(), Safetensors(), Dcp())
+               if m.name in args.methods.split(",")]
     workloads = [
         (f"gpt2m-like ({args.layers} layers) + Adam state", gpt2_medium_like(args.layers)),
         ("5000 small tensors", small_tensors()),
@@ -347,13 +449,39 @@ def main():
         for m in methods:
             print(fmt_row(m.name, runs[m.name], nbytes, fio), flush=True)
         sync = statistics.median(runs["ffrecord"]["save_durable"]) if "ffrecord" in runs else None
-        for cap in (None, args.staging_cap):
-            a = run_async(state, args.workdir, args.repeats, cap)
-            label = "unbounded staging" if cap is None else f"max_staging_bytes={cap >> 20} MiB"
-            share = f" = {a['blocked'] / sync:.0%} of a synchronous save" if sync else ""
-            print(f"\nasync_save ({label}): caller blocked {a['blocked']:.3f} s{share} "
-                  f"(first call, fresh staging buffer: {a['first_blocked']:.3f} s), "
-                  f"until durable {a['total']:.3f} s", flush=True)
+        big = nbytes >= 100 << 20
+        if big:
+            bw = copy_bandwidth(state, args.repeats)
+            print(f"\nstaging copy alone (C++ core, reused destination): {bw[1]:.1f} GB/s with 1 thread, "
+                  f"{bw[2]:.1f} GB/s with 2; {nbytes / bw[2] / GB:.3f} s for this state", flush=True)
+        print("\n| async_save staging | cap | returned | staged | durable | returned vs sync save |")
+        print("|---|---|---|---|---|---|")
+        for staging in ("blocking", "background"):
+            for cap in (None, args.staging_cap):
+                a = run_async(state, args.workdir, args.repeats, cap, staging)
+                label = "none" if cap is None else f"{cap >> 20} MiB"
+                share = f"{a['returned'] / sync:.0%}" if sync else "—"
+                print(f"| {staging} | {label} | {a['returned']:.3f} s | {a['staged']:.3f} s "
+                      f"(first call: {a['first_staged']:.3f}) | {a['durable']:.3f} s | {share} |", flush=True)
+        if big and args.step_seconds > 0:
+            # The step's matmuls on every CPU (a CPU-bound step), then on one
+            # thread (a step that leaves CPUs free, as when the host waits for
+            # an accelerator).
+            threads = torch.get_num_threads()
+            for step_threads in sorted({threads, 1}, reverse=True):
+                torch.set_num_threads(step_threads)
+                try:
+                    matmuls, ab = calibrate_step(args.step_seconds)
+                    st = run_steps(state, args.workdir, args.repeats, matmuls, ab)
+                finally:
+                    torch.set_num_threads(threads)
+                lost = {k: st[k] - st["none"] for k in ("blocking", "background")}
+                share = {k: f" = {v / sync:.0%} of a synchronous save" if sync else "" for k, v in lost.items()}
+                print(f"\nsimulated training step, matmuls on {step_threads} thread(s) ({matmuls} of 1024x1024, "
+                      f"then an in-place update of every saved tensor): {st['none']:.3f} s without a save; "
+                      f"with a blocking async_save {st['blocking']:.3f} s (+{lost['blocking']:.3f} s"
+                      f"{share['blocking']}); with a background one {st['background']:.3f} s "
+                      f"(+{lost['background']:.3f} s{share['background']})", flush=True)
         del state
 
 

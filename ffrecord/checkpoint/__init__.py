@@ -7,9 +7,10 @@ names the previous checkpoint until the new one is complete and durable.
 Nothing in a checkpoint is executed on load unless the caller passes
 ``trusted=True``.
 
-- ``save(obj, path)`` / ``load(path, map_location=None, trusted=False, keys=None)``
+- ``save(obj, path)`` / ``load(path, map_location=None, trusted=False, keys=None, direct=False)``
 - ``Checkpoint(path)``: lazy, partial access (``ck.keys()``, ``ck[key]``)
-- ``async_save(obj, path, max_staging_bytes=None)`` -> ``SaveFuture``
+- ``async_save(obj, path, max_staging_bytes=None, staging="blocking")`` -> ``SaveFuture``
+  (``wait_staged()`` before changing the tensors when ``staging="background"``)
 - ``training_state(...)`` / ``restore_training_state(...)``, RNG helpers,
   ``dataset_fingerprint``
 - ``StorageWriter`` / ``StorageReader`` for ``torch.distributed.checkpoint``
