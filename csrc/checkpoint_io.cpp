@@ -524,6 +524,19 @@ int64_t CheckpointFileReader::read_verified(const ReadPart* parts, size_t n) {
   std::condition_variable advise_cv;
   bool reading_done = false;
   std::thread advisor;
+  auto stop_advisor = [&]() noexcept {
+    if (!advisor.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(advise_mu);
+      reading_done = true;
+    }
+    advise_cv.notify_one();
+    advisor.join();
+  };
+  struct StopAdvisor {  // also when starting the readers throws
+    decltype(stop_advisor)& stop;
+    ~StopAdvisor() { stop(); }
+  } stop_advisor_on_exit{stop_advisor};
   if (window && !tasks.empty()) {
     advise_until(file_begin(0) + window);
     if (advised < tasks.size()) {
@@ -578,17 +591,16 @@ int64_t CheckpointFileReader::read_verified(const ReadPart* parts, size_t n) {
   };
   const size_t nthreads = std::min<size_t>(options_.threads, tasks.size());
   std::vector<std::thread> pool;
-  for (size_t k = 1; k < nthreads; ++k) pool.emplace_back(work);
+  try {
+    for (size_t k = 1; k < nthreads; ++k) pool.emplace_back(work);
+  } catch (...) {  // no thread to be had: stop those started, then report
+    failed = true;
+    for (auto& th : pool) th.join();
+    throw;
+  }
   work();
   for (auto& th : pool) th.join();
-  if (advisor.joinable()) {
-    {
-      std::lock_guard<std::mutex> lock(advise_mu);
-      reading_done = true;
-    }
-    advise_cv.notify_one();
-    advisor.join();
-  }
+  stop_advisor();
   if (error) std::rethrow_exception(error);
 
   // The first part, in order, whose bytes do not match.

@@ -68,9 +68,11 @@ def test_two_ranks_save_one_rank_loads(tmp_path):
     for name in ("sync", "async"):
         files = sorted(os.listdir(tmp_path / name))
         assert files == ["manifest.ffr", "rank00000-00000.ffr", "rank00001-00000.ffr"], files
-        state = empty_like_global()
-        dcp.load(state, storage_reader=StorageReader(tmp_path / name), no_dist=True)  # 2 shards -> 1 tensor
-        check_global(state)
+        for direct in (False, True):
+            state = empty_like_global()
+            reader = StorageReader(tmp_path / name, direct=direct)
+            dcp.load(state, storage_reader=reader, no_dist=True)  # 2 shards -> 1 tensor
+            check_global(state)
     assert [e for e in os.listdir(tmp_path) if e.startswith(".")] == []
 
     # Damage one byte of rank 1's shard of model.w: the resharded load names it.
