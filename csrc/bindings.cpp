@@ -280,6 +280,27 @@ PYBIND11_MODULE(_core, m) {
              py::gil_scoped_release nogil;
              r.read_into(idx.data(), n, ptrs.data());
            })
+      .def("read_bytes",
+           [](const Reader& r, const IndexArray& idx) {
+             // Each record is read straight into a new bytes object, filled
+             // before any Python code can see it (one copy, like read_into).
+             check_range(r, idx);
+             const size_t n = static_cast<size_t>(idx.size());
+             py::list out(static_cast<py::ssize_t>(n));
+             std::vector<uint8_t*> ptrs(n);
+             for (size_t i = 0; i < n; ++i) {
+               const uint64_t len = r.entry(idx.data()[i]).length;
+               PyObject* b = PyBytes_FromStringAndSize(nullptr, static_cast<py::ssize_t>(len));
+               if (!b) throw py::error_already_set();
+               PyList_SET_ITEM(out.ptr(), static_cast<py::ssize_t>(i), b);
+               ptrs[i] = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(b));
+             }
+             {
+               py::gil_scoped_release nogil;
+               r.read_into(idx.data(), n, ptrs.data());
+             }
+             return out;
+           })
       .def("read_packed_into",
            [](const Reader& r, const IndexArray& idx, const py::buffer& out) {
              check_range(r, idx);

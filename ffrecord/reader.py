@@ -143,6 +143,16 @@ class FileReader:
         self._check_open()
         return self._core.lengths(self._physical(_indices.many(indices, self.n)))
 
+    def read_bytes(self, indices):
+        """Records ``indices`` as ``bytes`` objects, read as one batch; each
+        record is read straight into its ``bytes`` object (for uncompressed
+        records one copy in all, the same as ``read``)."""
+        self._check_open()
+        idx = _indices.many(indices, self.n)
+        if self._core.has_codec:  # stored lengths are not the decoded ones
+            return [r.tobytes() for r in self._read_checked(idx)]
+        return self._core.read_bytes(self._physical(idx))
+
     def read_into(self, indices, buffers):
         """Reads record ``indices[k]`` into the writable buffer ``buffers[k]``
         (e.g. pinned host memory) without an intermediate copy. Each buffer

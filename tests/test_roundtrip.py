@@ -188,6 +188,38 @@ def test_read_packed_into_one_caller_buffer(tmp_path, engine):
         r.read_packed_into(idx, out)
 
 
+@pytest.mark.parametrize("direct", [False, True])
+def test_read_bytes(tmp_path, engine, direct):
+    recs = records(40, seed=11, max_len=70_000)  # past the fused copy's size threshold
+    r = ffrecord.FileReader(write_file(tmp_path / "rb.ffr", recs), direct=direct)
+    idx = [5, 0, 39, 5, -1]
+    got = r.read_bytes(idx)
+    assert all(type(g) is bytes for g in got)
+    assert got == [recs[i] for i in idx]
+    assert r.read_bytes([]) == []
+    with pytest.raises(IndexError):
+        r.read_bytes([40])
+    with pytest.raises(TypeError):
+        r.read_bytes(["a"])
+    r.close()
+    with pytest.raises(ValueError, match="closed"):
+        r.read_bytes([0])
+
+
+def test_read_bytes_raises_on_a_corrupt_record(tmp_path):
+    recs = records(10, seed=12, max_len=5000)
+    p = write_file(tmp_path / "rbc.ffr", recs)
+    victim = next(i for i, rec in enumerate(recs) if rec)
+    with open(p, "r+b") as f:
+        data = f.read()
+        at = data.index(recs[victim])
+        f.seek(at)
+        f.write(bytes([data[at] ^ 0xFF]))
+    with ffrecord.FileReader(p) as r:
+        with pytest.raises(ffrecord.ChecksumError, match=f"record {victim}"):
+            r.read_bytes([victim])
+
+
 def test_zstd_compression_round_trip(tmp_path):
     p = tmp_path / "z.ffr"
     recs = [(b"compressible " * 200) + bytes([i]) for i in range(50)]
@@ -199,6 +231,7 @@ def test_zstd_compression_round_trip(tmp_path):
     data, offsets = r.read_packed([3, 1])
     assert data[offsets[0]:offsets[1]].tobytes() == recs[3]
     assert [b[0].tobytes() for b in r.prefetch([[4], [5]])] == [recs[4], recs[5]]
+    assert r.read_bytes([7, 2]) == [recs[7], recs[2]]  # decompressed
     with pytest.raises(ValueError, match="read_packed"):
         r.read_packed_into([3], np.empty(1 << 16, dtype=np.uint8))
 

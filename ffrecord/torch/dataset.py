@@ -21,7 +21,7 @@ import torch.utils.data
 
 from ..reader import FileReader
 from . import _transfer
-from .decoders import get_decoder, raw
+from .decoders import get_decoder, raw, to_bytes
 from .packed import PackedBatch, RecordViews
 
 
@@ -146,6 +146,8 @@ class RecordDataset(torch.utils.data.Dataset):
             batch = PackedBatch(data, offsets, idx)
         elif self.decode is raw and self.transform is None:
             batch = self._read_views(reader, indices)  # raw records: the views as they come
+        elif self.decode is to_bytes and self.transform is None:
+            batch = reader.read_bytes(indices)  # straight into the bytes objects
         else:
             batch = [self._sample(r) for r in reader.read(indices)]
         return self.batch_transform(batch) if self.batch_transform is not None else batch
