@@ -20,7 +20,7 @@ read in shuffled batches (one epoch: every record exactly once):
 The machine may be shared, so the warm modes alternate the systems after
 every twentieth of an epoch (rotating their order) and keep each system's best
 of --rounds epochs, every round starting from freshly re-read files and every
-timed slice following an untimed pass of the same system over it (some
+slice read untimed by the same system one turn before its timed pass (some
 virtual machines reclaim idle page cache); cold rounds run every contender
 once from an emptied cache and keep each one's best round.
 
@@ -702,21 +702,25 @@ def interleaved(contenders, slices, rounds, before_round):
     (in a rotating order), so that all see the same share of whatever else
     the machine is doing. Returns each contender's best total over `rounds`.
 
-    Each timed pass over a slice follows an untimed pass of the same
-    contender over the same slice: warm means the slice's pages are in the
-    page cache and mapped where the system maps them. (This machine's kernel
-    reclaims page cache left idle for a minute, and re-reading every system's
-    files before each slice pushed memory to its limit and penalised whoever
-    came first after it.)"""
+    Each contender reads a slice untimed one turn before its timed pass over
+    it: warm means the slice's pages are in the page cache and mapped where
+    the system maps them (this machine's kernel reclaims page cache left idle
+    for a minute), while the CPU caches hold what the other contenders read
+    in between, as they would hold other data in training. (A timed pass
+    right after an untimed pass over the same slice read much of it from a
+    large last-level cache instead of memory.)"""
     names = list(contenders)
     best = {name: float("inf") for name in names}
     for _ in range(rounds):
         before_round()
         total = dict.fromkeys(names, 0.0)
+        for name in names:
+            contenders[name](0)
         for k in range(slices):
             shift = k % len(names)
             for name in names[shift:] + names[:shift]:
-                contenders[name](k)
+                if k + 1 < slices:
+                    contenders[name](k + 1)  # read ahead of its turn, untimed
                 total[name] += contenders[name](k)
         for name in names:
             best[name] = min(best[name], total[name])
@@ -1155,8 +1159,9 @@ def write_markdown(path, command, mach, vers, params, results, target_checks, ev
         "bytes; one shuffled epoch per pass (every record once). The timed passes check each batch's first "
         "record; an untimed pass over the same batches checks length and CRC32C of every record of every system.",
         "",
-        "Warm: the systems take turns on each twentieth of an epoch in a rotating order, each timed pass "
-        "following an untimed pass of the same system over the same twentieth; each keeps its best round. "
+        "Warm: the systems take turns on each twentieth of an epoch in a rotating order; each system reads "
+        "a twentieth untimed one turn before its timed pass over it (pages cached and mapped, CPU caches "
+        "holding the other systems' reads); each keeps its best round. "
         f"Cold: page cache emptied before each pass ({evict_how}). Ratios are records/s over the C pread "
         "ceiling of the same mode measured in the same run (1 thread, or 2 threads for 2 processes); fio rows "
         "give IOPS.",
