@@ -697,7 +697,7 @@ def slices_of(batches, count):
     return [batches[bounds[k]:bounds[k + 1]] for k in range(count)]
 
 
-def interleaved(contenders, slices, rounds, before_round):
+def interleaved(contenders, slices, rounds, before_round, reread="ahead"):
     """Runs every contender over every slice, alternating them slice by slice
     (in a rotating order), so that all see the same share of whatever else
     the machine is doing. Returns each contender's best total over `rounds`.
@@ -708,18 +708,22 @@ def interleaved(contenders, slices, rounds, before_round):
     for a minute), while the CPU caches hold what the other contenders read
     in between, as they would hold other data in training. (A timed pass
     right after an untimed pass over the same slice read much of it from a
-    large last-level cache instead of memory.)"""
+    large last-level cache instead of memory; ``reread="same"`` measures that
+    way, for comparison.)"""
     names = list(contenders)
     best = {name: float("inf") for name in names}
     for _ in range(rounds):
         before_round()
         total = dict.fromkeys(names, 0.0)
-        for name in names:
+        ahead = reread == "ahead"
+        for name in names if ahead else []:
             contenders[name](0)
         for k in range(slices):
             shift = k % len(names)
             for name in names[shift:] + names[:shift]:
-                if k + 1 < slices:
+                if not ahead:
+                    contenders[name](k)  # untimed, right before the timed pass
+                elif k + 1 < slices:
                     contenders[name](k + 1)  # read ahead of its turn, untimed
                 total[name] += contenders[name](k)
         for name in names:
@@ -727,7 +731,7 @@ def interleaved(contenders, slices, rounds, before_round):
     return best
 
 
-def run_warm(ds, ceiling, results, rounds, slices):
+def run_warm(ds, ceiling, results, rounds, slices, reread="ahead"):
     wl = ds.wl
     batches = wl.batches()
     n, nbytes = records_in(batches), payload_bytes(ds, batches)
@@ -784,7 +788,7 @@ def run_warm(ds, ceiling, results, rounds, slices):
         residency.append(resident_fraction(ds.ffr))
         rewarm(files)
 
-    best = interleaved(contenders, len(parts), rounds, before_round)
+    best = interleaved(contenders, len(parts), rounds, before_round, reread)
     residency.append(resident_fraction(ds.ffr))
     crc_cost = checksum_cost(ds, batches, rounds)
     default_reader = next(src.r for src in closers if isinstance(src, FFRecordSource))
@@ -1133,7 +1137,7 @@ def plot(rows, path):
 ANALYSIS_BEGIN, ANALYSIS_END = "<!-- analysis -->", "<!-- /analysis -->"
 
 
-def write_markdown(path, command, mach, vers, params, results, target_checks, evict_how):
+def write_markdown(path, command, mach, vers, params, results, target_checks, evict_how, reread="ahead"):
     old = open(path).read() if os.path.exists(path) else ""
     analysis = ""
     if ANALYSIS_BEGIN in old and ANALYSIS_END in old:
@@ -1160,8 +1164,11 @@ def write_markdown(path, command, mach, vers, params, results, target_checks, ev
         "record; an untimed pass over the same batches checks length and CRC32C of every record of every system.",
         "",
         "Warm: the systems take turns on each twentieth of an epoch in a rotating order; each system reads "
-        "a twentieth untimed one turn before its timed pass over it (pages cached and mapped, CPU caches "
-        "holding the other systems' reads); each keeps its best round. "
+        + ("a twentieth untimed one turn before its timed pass over it (pages cached and mapped, CPU caches "
+           "holding the other systems' reads)" if reread == "ahead" else
+           "a twentieth untimed right before its timed pass over it (`--reread same`: part of the twentieth "
+           "may still be in the CPU's last-level cache)")
+        + "; each keeps its best round. "
         f"Cold: page cache emptied before each pass ({evict_how}). Ratios are records/s over the C pread "
         "ceiling of the same mode measured in the same run (1 thread, or 2 threads for 2 processes); fio rows "
         "give IOPS.",
@@ -1194,6 +1201,9 @@ def main():
                     help="warm runs alternate the systems after each of this many parts of an epoch")
     ap.add_argument("--out", default=os.path.join(HERE, "out"), help="where datasets are built (reused)")
     ap.add_argument("--results", default=RESULTS)
+    ap.add_argument("--reread", choices=("ahead", "same"), default="ahead",
+                    help="warm mode: each system re-reads a slice one turn before timing it (ahead), or "
+                         "right before (same: the slice may still be in the CPU's last-level cache)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -1214,7 +1224,7 @@ def main():
         ds = Dataset(wl, args.out)
         ds.build()
         if "warm" in modes:
-            run_warm(ds, ceiling, results, args.rounds, args.slices)
+            run_warm(ds, ceiling, results, args.rounds, args.slices, args.reread)
         if "2proc" in modes:
             run_two_procs(ds, ceiling, results, args.out, args.full, args.scale, args.rounds, args.slices)
         if "cold" in modes:
@@ -1233,7 +1243,7 @@ def main():
                                                      for a, b, c in target_checks]}, f, indent=1)
     plot(results.rows, os.path.join(args.results, "reads.png"))
     write_markdown(os.path.join(args.results, "reads.md"), command, mach, vers, params, results, target_checks,
-                   evict_how)
+                   evict_how, args.reread)
 
 
 if __name__ == "__main__":
