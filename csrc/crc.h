@@ -16,7 +16,8 @@ uint32_t crc32_ieee(const void* data, size_t n, uint32_t crc = 0);
 // Copies n bytes from src to dst and returns the CRC32C of them (extending
 // `crc`), reading the source once: with AVX-512 the checksum is folded from
 // the same registers the copy moves, so it costs almost nothing beside the
-// copy. The ranges must not overlap.
+// copy. Copies of 64 KiB and more store around the CPU cache (the destination
+// is not read in first). The ranges must not overlap.
 uint32_t crc32c_copy(void* dst, const void* src, size_t n, uint32_t crc = 0);
 
 // "avx512-vpclmulqdq", "sse4.2" or "table": which CRC32C implementation this CPU runs.

@@ -50,17 +50,17 @@ struct ReaderOptions {
   bool direct = false;     // O_DIRECT reads into aligned spans of the block (see RecordFile::direct_align)
 };
 
-// The result of a batch read: one block, record i at block->data() + offset[i]
-// with length[i] bytes. Offsets increase with i (records keep request order).
-// Buffered reads pack the records back to back, so the block holds exactly
-// sum(length) bytes of payload; O_DIRECT reads leave each record inside the
-// aligned span it was read with (no copy), so there are gaps between records.
 // How many batches went through the mapping and through the engine.
 struct ReadStats {
   uint64_t mapped_batches = 0;
   uint64_t engine_batches = 0;
 };
 
+// The result of a batch read: one block, record i at block->data() + offset[i]
+// with length[i] bytes. Offsets increase with i (records keep request order).
+// Buffered reads pack the records back to back, so the block holds exactly
+// sum(length) bytes of payload; O_DIRECT reads leave each record inside the
+// aligned span it was read with (no copy), so there are gaps between records.
 struct Batch {
   std::shared_ptr<Block> block;
   std::vector<uint64_t> offset;

@@ -3,8 +3,9 @@
 Reads random batches (uniform over the dataset, fixed seed) for a fixed time
 with plain ``read`` and with ``prefetch``, and reports records/s and MB/s
 with the engine in use, and how many batches came straight from the page
-cache (through the file's mapping) rather than through the engine. It measures whatever cache state the data is in; the
-side-by-side comparison with other formats lives in ``benchmarks/``.
+cache (through the file's mapping) rather than through the engine. It
+measures whatever cache state the data is in; the side-by-side comparison
+with other formats lives in ``benchmarks/``.
 """
 
 import time
