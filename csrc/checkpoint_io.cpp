@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
-#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -418,11 +417,8 @@ void CheckpointFileReader::pread_all(uint8_t* dst, uint64_t length, uint64_t off
 
 bool CheckpointFileReader::cached(uint64_t offset, uint64_t length) {
   if (!map_ || !length) return false;
-  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  const uint64_t begin = offset / page * page, end = align_up(offset + length, page);
-  std::vector<unsigned char> resident((end - begin) / page);
-  if (::mincore(const_cast<uint8_t*>(map_) + begin, end - begin, resident.data()) != 0) return false;
-  return std::all_of(resident.begin(), resident.end(), [](unsigned char r) { return r & 1; });
+  uint64_t pages, missing;
+  return file_->count_missing_pages(offset, length, &pages, &missing) && missing == 0;
 }
 
 uint64_t CheckpointFileReader::read_direct(uint8_t* dst, uint64_t length, uint64_t offset, Bounce& bounce) {

@@ -1,6 +1,5 @@
 #include "reader.h"
 
-#include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -296,18 +295,12 @@ bool Reader::mapping_usable(const Plan& plan) const {
 
 // Whether (nearly) every page of the batch's records is in the page cache.
 bool Reader::pages_resident(const Plan& plan) const {
-  thread_local std::vector<unsigned char> vec;
-  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   uint64_t pages = 0, missing = 0;
   for (const Slot& s : plan.slots) {
-    const RecordEntry& e = s.entry;
-    if (e.length == 0) continue;
-    const uint64_t begin = e.offset / page * page, end = e.offset + e.length;
-    vec.resize((end - begin + page - 1) / page);
-    void* at = const_cast<uint8_t*>(files_[s.file]->data_map() + begin);
-    if (::mincore(at, end - begin, vec.data()) != 0) return false;
-    for (unsigned char v : vec) missing += !(v & 1);
-    pages += vec.size();
+    uint64_t p, m;
+    if (!files_[s.file]->count_missing_pages(s.entry.offset, s.entry.length, &p, &m)) return false;
+    pages += p;
+    missing += m;
   }
   return missing * kColdShare <= pages;
 }

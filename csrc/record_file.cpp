@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "crc.h"
 #include "error.h"
@@ -272,6 +273,21 @@ const uint8_t* RecordFile::data_map() {
   ::madvise(m, file_size_, MADV_RANDOM);
   data_map_.store(static_cast<const uint8_t*>(m), std::memory_order_release);
   return static_cast<const uint8_t*>(m);
+}
+
+bool RecordFile::count_missing_pages(uint64_t offset, uint64_t length, uint64_t* pages, uint64_t* missing) {
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  thread_local std::vector<unsigned char> resident;
+  *pages = *missing = 0;
+  if (length == 0) return true;
+  const uint8_t* map = data_map();
+  if (!map) return false;
+  const uint64_t begin = offset / page * page, end = offset + length;
+  resident.resize((end - begin + page - 1) / page);
+  if (::mincore(const_cast<uint8_t*>(map) + begin, end - begin, resident.data()) != 0) return false;
+  for (unsigned char r : resident) *missing += !(r & 1);
+  *pages = resident.size();
+  return true;
 }
 
 bool RecordFile::still_full_size() const {

@@ -61,6 +61,10 @@ class RecordFile {
   // file), for copying records that are in the page cache without a system
   // call. Throws Error(kIo).
   const uint8_t* data_map();
+  // Counts the pages holding bytes [offset, offset + length) into *pages and
+  // those of them not in the page cache into *missing (mincore on
+  // data_map(), which reads nothing). False when the check cannot be made.
+  bool count_missing_pages(uint64_t offset, uint64_t length, uint64_t* pages, uint64_t* missing);
   // False once the file is shorter than it was at open: its mapping must not
   // be read then (a read past the end of a file raises SIGBUS), so callers
   // read through the descriptor, which reports the truncation as an error.
