@@ -138,7 +138,36 @@ void bind_checkpoint(py::module_& m) {
           },
           py::arg("records"), py::arg("offsets"), py::arg("lengths"), py::arg("crcs"), py::arg("addresses"),
           "Reads parts of records into caller-owned memory at `addresses` (private: the caller guarantees "
-          "each holds `lengths[i]` bytes), verifying each CRC32C; returns the first mismatching part or -1.");
+          "each holds `lengths[i]` bytes), verifying each CRC32C; returns the first mismatching part or -1.")
+      .def(
+          "map_verified",
+          [](CheckpointFileReader& r, const U64Array& records, const U64Array& offsets, const U64Array& lengths,
+             const U32Array& crcs) {
+            const auto n = records.size();
+            if (offsets.size() != n || lengths.size() != n || crcs.size() != n)
+              throw py::value_error("map_verified needs equally long arrays");
+            std::vector<ReadPart> parts(static_cast<size_t>(n));
+            for (py::ssize_t i = 0; i < n; ++i)
+              parts[i] = {records.data()[i], offsets.data()[i], lengths.data()[i], crcs.data()[i], nullptr};
+            MappedParts mapped;
+            {
+              py::gil_scoped_release nogil;
+              mapped = r.map_verified(parts.data(), parts.size());
+            }
+            return py::make_tuple(mapped.mapping, to_array(mapped.offsets), mapped.bad);
+          },
+          py::arg("records"), py::arg("offsets"), py::arg("lengths"), py::arg("crcs"),
+          "Maps the file private and copy-on-write and verifies each part's CRC32C in place; returns "
+          "(mapping, file offset of each part, first mismatching part or -1).");
+
+  py::class_<PrivateFileMapping, std::shared_ptr<PrivateFileMapping>>(
+      m, "PrivateMapping", py::buffer_protocol(),
+      "A whole file mapped private and writable (a writable buffer); writes stay in this process.")
+      .def_buffer([](PrivateFileMapping& map) {
+        return py::buffer_info(map.data(), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(map.size())}, {py::ssize_t(1)}, false);
+      })
+      .def_property_readonly("size", &PrivateFileMapping::size);
   m.def(
       "sync_path",
       [](const std::string& path, bool directory) {

@@ -1,6 +1,7 @@
 #include "checkpoint_io.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -12,10 +13,16 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <memory>
 
 #include "crc.h"
 #include "error.h"
+#include "io_engine.h"
 #include "record_file.h"
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22  // Linux 5.14; older kernels refuse it with EINVAL
+#endif
 
 namespace ffrecord {
 namespace {
@@ -355,6 +362,154 @@ constexpr uint64_t kDirectPart = uint64_t(1) << 20;  // parts this large are rea
 constexpr uint64_t kReadPiece = uint64_t(4) << 20;   // one read; hashed right after it lands
 constexpr uint64_t kRunBytes = uint64_t(4) << 20;    // small parts coalesced up to this span
 constexpr uint64_t kRunGap = 4096;                   // ... when at most this far apart
+
+// The unit the reading threads take, in file order: a piece of a large part
+// (read in place), or a run of small parts close together (one read into a
+// bounce buffer, then each part hashed and copied out).
+struct Task {
+  size_t first, last;    // parts [first, last]; one part for a piece
+  uint64_t begin, size;  // a piece: bytes [begin, begin + size) of part `first`; a run: its file span
+  bool piece;
+  uint32_t crc;  // a piece's CRC32C, combined per part afterwards
+  int64_t bad;   // a run: the first part in it that did not match, or -1
+};
+
+// `at[i]`: the file offset of part i.
+std::vector<Task> plan_tasks(const ReadPart* parts, const uint64_t* at, size_t n) {
+  std::vector<Task> tasks;
+  for (size_t i = 0; i < n;) {
+    if (parts[i].length >= kDirectPart) {
+      for (uint64_t b = 0; b < parts[i].length; b += kReadPiece)
+        tasks.push_back({i, i, b, std::min(kReadPiece, parts[i].length - b), true, 0, -1});
+      ++i;
+      continue;
+    }
+    size_t j = i + 1;
+    uint64_t end = at[i] + parts[i].length;
+    while (j < n && parts[j].length < kDirectPart && at[j] >= end && at[j] - end <= kRunGap &&
+           at[j] + parts[j].length - at[i] <= kRunBytes) {
+      end = at[j] + parts[j].length;
+      ++j;
+    }
+    tasks.push_back({i, j - 1, at[i], end - at[i], false, 0, -1});
+    i = j;
+  }
+  return tasks;
+}
+
+uint64_t file_begin(const Task& t, const uint64_t* at) { return t.piece ? at[t.first] + t.begin : t.begin; }
+
+// The first part, in order, whose bytes do not match: runs say so
+// themselves, pieces' checksums are combined per part.
+int64_t first_mismatch(const std::vector<Task>& tasks, const ReadPart* parts) {
+  for (size_t t = 0; t < tasks.size();) {
+    const Task& task = tasks[t];
+    if (!task.piece) {
+      if (task.bad >= 0) return task.bad;
+      ++t;
+      continue;
+    }
+    uint32_t crc = 0;
+    size_t part = task.first;
+    for (; t < tasks.size() && tasks[t].piece && tasks[t].first == part; ++t)
+      crc = crc32c_combine(crc, tasks[t].crc, tasks[t].size);
+    if (crc != parts[part].crc) return static_cast<int64_t>(part);
+  }
+  return -1;
+}
+
+// Runs every task on `threads` threads that take them in file order, so
+// several reads are in flight: cold reads need the queue depth. Each thread
+// calls make_worker() once and the result for each task it takes. With
+// window > 0 the kernel is asked to read `window` bytes beyond the task the
+// threads last claimed (POSIX_FADV_WILLNEED on fd); a helper thread keeps
+// the window sliding, so requests stay queued on the device while the
+// threads copy or hash. Pages already cached cost the advice nothing.
+// Stops at the first exception and rethrows it once every thread is done.
+template <typename MakeWorker>
+void run_in_file_order(int fd, uint64_t window, std::vector<Task>& tasks, const uint64_t* at, unsigned threads,
+                       MakeWorker make_worker) {
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex mu;
+  std::exception_ptr error;
+
+  size_t advised = 0;  // tasks advised so far (advisor thread only, once started)
+  auto advise_until = [&](uint64_t limit) {
+    while (advised < tasks.size() && file_begin(tasks[advised], at) < limit) {
+      ::posix_fadvise(fd, static_cast<off_t>(file_begin(tasks[advised], at)),
+                      static_cast<off_t>(tasks[advised].size),
+                      POSIX_FADV_WILLNEED);  // advice only: a failure just means no read-ahead
+      ++advised;
+    }
+  };
+  std::mutex advise_mu;
+  std::condition_variable advise_cv;
+  bool reading_done = false;
+  std::thread advisor;
+  auto stop_advisor = [&]() noexcept {
+    if (!advisor.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(advise_mu);
+      reading_done = true;
+    }
+    advise_cv.notify_one();
+    advisor.join();
+  };
+  struct StopAdvisor {  // also when starting the threads throws
+    decltype(stop_advisor)& stop;
+    ~StopAdvisor() { stop(); }
+  } stop_advisor_on_exit{stop_advisor};
+  if (window && !tasks.empty()) {
+    advise_until(file_begin(tasks[0], at) + window);
+    if (advised < tasks.size()) {
+      advisor = std::thread([&] {
+        std::unique_lock<std::mutex> lock(advise_mu);
+        size_t seen = SIZE_MAX;
+        while (advised < tasks.size()) {
+          advise_cv.wait(lock, [&] { return reading_done || next.load() != seen; });
+          if (reading_done) break;
+          seen = next.load();
+          const size_t t = std::min(seen, tasks.size() - 1);
+          lock.unlock();
+          advise_until(file_begin(tasks[t], at) + window);
+          lock.lock();
+        }
+      });
+    }
+  }
+
+  auto work = [&]() {
+    try {
+      auto worker = make_worker();
+      for (size_t t; !failed.load(std::memory_order_relaxed) && (t = next.fetch_add(1)) < tasks.size();) {
+        if (advisor.joinable()) {
+          { std::lock_guard<std::mutex> lock(advise_mu); }  // no lost wake-up between the advisor's check and wait
+          advise_cv.notify_one();
+        }
+        worker(tasks[t]);
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!error) error = std::current_exception();
+      failed = true;
+    }
+  };
+  const size_t nthreads = std::min<size_t>(std::max(1u, threads), tasks.size());
+  std::vector<std::thread> pool;
+  try {
+    for (size_t k = 1; k < nthreads; ++k) pool.emplace_back(work);
+  } catch (...) {  // no thread to be had: stop those started, then report
+    failed = true;
+    for (auto& th : pool) th.join();
+    throw;
+  }
+  work();
+  for (auto& th : pool) th.join();
+  stop_advisor();
+  if (error) std::rethrow_exception(error);
+}
+
 }  // namespace
 
 CheckpointFileReader::CheckpointFileReader(const std::string& path, CheckpointReaderOptions options)
@@ -454,8 +609,11 @@ void CheckpointFileReader::read_span(uint8_t* dst, uint64_t length, uint64_t off
   if (got < length) pread_all(dst + got, length - got, offset + got);
 }
 
-int64_t CheckpointFileReader::read_verified(const ReadPart* parts, size_t n) {
-  std::vector<uint64_t> at(n);  // file offset of each part
+std::vector<uint64_t> CheckpointFileReader::part_offsets(const ReadPart* parts, size_t n) const {
+  // The index is read from a mapping of the file, and so are the parts with
+  // map_verified: a file cut short since open would fault (SIGBUS) there.
+  if (!file_->still_full_size()) throw_format(path_, "file is shorter than its index says (truncated?)");
+  std::vector<uint64_t> at(n);
   for (size_t i = 0; i < n; ++i) {
     const ReadPart& p = parts[i];
     if (p.record >= file_->size())
@@ -466,154 +624,105 @@ int64_t CheckpointFileReader::read_verified(const ReadPart* parts, size_t n) {
       throw_format(path_, "part lies outside record " + std::to_string(p.record));
     at[i] = e.offset + p.offset;
   }
+  return at;
+}
 
-  // Tasks, in file order: a piece of a large part (read in place), or a run
-  // of small parts close together (one read into a bounce buffer, then each
-  // part hashed and copied out). Several threads take tasks in order, so
-  // several reads are in flight: cold reads need the queue depth.
-  struct Task {
-    size_t first, last;   // parts [first, last]; one part for a piece
-    uint64_t begin, size;  // a piece: bytes [begin, begin + size) of part `first`
-    bool piece;
-    uint32_t crc;  // a piece's CRC32C, combined per part afterwards
-    int64_t bad;   // a run: the first part in it that did not match, or -1
-  };
-  std::vector<Task> tasks;
-  for (size_t i = 0; i < n;) {
-    if (parts[i].length >= kDirectPart) {
-      for (uint64_t b = 0; b < parts[i].length; b += kReadPiece)
-        tasks.push_back({i, i, b, std::min(kReadPiece, parts[i].length - b), true, 0, -1});
-      ++i;
-      continue;
-    }
-    size_t j = i + 1;
-    uint64_t end = at[i] + parts[i].length;
-    while (j < n && parts[j].length < kDirectPart && at[j] >= end && at[j] - end <= kRunGap &&
-           at[j] + parts[j].length - at[i] <= kRunBytes) {
-      end = at[j] + parts[j].length;
-      ++j;
-    }
-    tasks.push_back({i, j - 1, at[i], end - at[i], false, 0, -1});
-    i = j;
-  }
-
-  std::atomic<size_t> next{0};
-  std::atomic<bool> failed{false};
-  std::mutex mu;
-  std::exception_ptr error;
-
-  // Buffered reads: the kernel is asked to read the next `readahead_bytes`
-  // beyond the task the threads last claimed; a helper thread keeps the
-  // window sliding, so requests stay queued on the device while the threads
-  // copy. Pages already cached cost the advice nothing.
+int64_t CheckpointFileReader::read_verified(const ReadPart* parts, size_t n) {
+  const std::vector<uint64_t> at = part_offsets(parts, n);
+  std::vector<Task> tasks = plan_tasks(parts, at.data(), n);
   const uint64_t window = direct_ ? 0 : options_.readahead_bytes;
-  auto file_begin = [&](size_t t) { return tasks[t].piece ? at[tasks[t].first] + tasks[t].begin : tasks[t].begin; };
-  size_t advised = 0;  // tasks advised so far (advisor thread only, once started)
-  auto advise_until = [&](uint64_t limit) {
-    while (advised < tasks.size() && file_begin(advised) < limit) {
-      ::posix_fadvise(fd_, static_cast<off_t>(file_begin(advised)), static_cast<off_t>(tasks[advised].size),
-                      POSIX_FADV_WILLNEED);  // advice only: a failure just means no read-ahead
-      ++advised;
-    }
-  };
-  std::mutex advise_mu;
-  std::condition_variable advise_cv;
-  bool reading_done = false;
-  std::thread advisor;
-  auto stop_advisor = [&]() noexcept {
-    if (!advisor.joinable()) return;
-    {
-      std::lock_guard<std::mutex> lock(advise_mu);
-      reading_done = true;
-    }
-    advise_cv.notify_one();
-    advisor.join();
-  };
-  struct StopAdvisor {  // also when starting the readers throws
-    decltype(stop_advisor)& stop;
-    ~StopAdvisor() { stop(); }
-  } stop_advisor_on_exit{stop_advisor};
-  if (window && !tasks.empty()) {
-    advise_until(file_begin(0) + window);
-    if (advised < tasks.size()) {
-      advisor = std::thread([&] {
-        std::unique_lock<std::mutex> lock(advise_mu);
-        size_t seen = SIZE_MAX;
-        while (advised < tasks.size()) {
-          advise_cv.wait(lock, [&] { return reading_done || next.load() != seen; });
-          if (reading_done) break;
-          seen = next.load();
-          const size_t t = std::min(seen, tasks.size() - 1);
-          lock.unlock();
-          advise_until(file_begin(t) + window);
-          lock.lock();
-        }
-      });
-    }
-  }
-
-  auto work = [&]() {
-    std::vector<uint8_t> run;
-    Bounce bounce;
-    try {
-      for (size_t t; !failed.load(std::memory_order_relaxed) && (t = next.fetch_add(1)) < tasks.size();) {
-        if (advisor.joinable()) {
-          { std::lock_guard<std::mutex> lock(advise_mu); }  // no lost wake-up between the advisor's check and wait
-          advise_cv.notify_one();
-        }
-        Task& task = tasks[t];
-        if (task.piece) {
-          uint8_t* dst = parts[task.first].dst + task.begin;
-          read_span(dst, task.size, at[task.first] + task.begin, bounce);
-          task.crc = crc32c(dst, task.size);  // still in cache
-          continue;
-        }
-        if (run.size() < task.size) run.resize(task.size);
-        read_span(run.data(), task.size, task.begin, bounce);
-        for (size_t k = task.first; k <= task.last; ++k) {
-          const uint8_t* src = run.data() + (at[k] - task.begin);
-          if (crc32c(src, parts[k].length) != parts[k].crc) {
-            task.bad = static_cast<int64_t>(k);
-            break;
-          }
-          if (parts[k].length) std::memcpy(parts[k].dst, src, parts[k].length);
-        }
+  run_in_file_order(fd_, window, tasks, at.data(), options_.threads, [&] {
+    return [&, run = std::vector<uint8_t>(), bounce = std::make_unique<Bounce>()](Task& task) mutable {
+      if (task.piece) {
+        uint8_t* dst = parts[task.first].dst + task.begin;
+        read_span(dst, task.size, at[task.first] + task.begin, *bounce);
+        task.crc = crc32c(dst, task.size);  // still in cache
+        return;
       }
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(mu);
-      if (!error) error = std::current_exception();
-      failed = true;
-    }
-  };
-  const size_t nthreads = std::min<size_t>(options_.threads, tasks.size());
-  std::vector<std::thread> pool;
-  try {
-    for (size_t k = 1; k < nthreads; ++k) pool.emplace_back(work);
-  } catch (...) {  // no thread to be had: stop those started, then report
-    failed = true;
-    for (auto& th : pool) th.join();
-    throw;
-  }
-  work();
-  for (auto& th : pool) th.join();
-  stop_advisor();
-  if (error) std::rethrow_exception(error);
+      if (run.size() < task.size) run.resize(task.size);
+      read_span(run.data(), task.size, task.begin, *bounce);
+      for (size_t k = task.first; k <= task.last; ++k) {
+        const uint8_t* src = run.data() + (at[k] - task.begin);
+        if (crc32c(src, parts[k].length) != parts[k].crc) {
+          task.bad = static_cast<int64_t>(k);
+          return;
+        }
+        if (parts[k].length) std::memcpy(parts[k].dst, src, parts[k].length);
+      }
+    };
+  });
+  return first_mismatch(tasks, parts);
+}
 
-  // The first part, in order, whose bytes do not match.
-  for (size_t t = 0; t < tasks.size();) {
-    const Task& task = tasks[t];
-    if (!task.piece) {
-      if (task.bad >= 0) return task.bad;
-      ++t;
-      continue;
+PrivateFileMapping::PrivateFileMapping(int fd, uint64_t size, const std::string& path) : size_(size) {
+  if (!size) return;
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+  if (p == MAP_FAILED) throw_io(path, "cannot map", errno);
+  data_ = static_cast<uint8_t*>(p);
+}
+
+PrivateFileMapping::~PrivateFileMapping() {
+  if (data_) ::munmap(data_, size_);
+}
+
+namespace {
+std::atomic<bool> g_populate_works{true};
+
+// Maps the pages holding bytes [begin, begin + size) of a file mapping,
+// reading them in if needed, without breaking copy-on-write: far cheaper
+// than faulting them in one by one while hashing.
+void populate(uint8_t* base, uint64_t begin, uint64_t size, const std::string& path) {
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  if (!size || !g_populate_works.load(std::memory_order_relaxed)) return;
+  const uint64_t from = begin / page * page;
+  while (::madvise(base + from, begin + size - from, MADV_POPULATE_READ) != 0) {
+    const int err = errno;
+    if (err == EINTR || err == EAGAIN) continue;
+    if (err == EINVAL || err == ENOSYS) {  // kernel before 5.14: hashing faults the pages in instead
+      g_populate_works = false;
+      return;
     }
-    uint32_t crc = 0;
-    size_t part = task.first;
-    for (; t < tasks.size() && tasks[t].piece && tasks[t].first == part; ++t)
-      crc = crc32c_combine(crc, tasks[t].crc, tasks[t].size);
-    if (crc != parts[part].crc) return static_cast<int64_t>(part);
+    // A page past the end of the file: EFAULT here instead of SIGBUS later.
+    if (err == EFAULT) throw_format(path, "file is shorter than its index says (truncated?)");
+    throw_io(path, "cannot map pages", err);
   }
-  return -1;
+}
+}  // namespace
+
+MappedParts CheckpointFileReader::map_verified(const ReadPart* parts, size_t n) {
+  MappedParts out;
+  out.offsets = part_offsets(parts, n);
+  const uint64_t* at = out.offsets.data();
+  out.mapping = std::make_shared<PrivateFileMapping>(fd_, file_->file_size(), path_);
+  uint8_t* base = out.mapping->data();
+  std::vector<Task> tasks = plan_tasks(parts, at, n);
+
+  // Cached: hashing is the only work, one thread per CPU. Otherwise the
+  // reader's threads and read-ahead window keep the device busy.
+  bool all_cached = false;
+  if (!tasks.empty()) {
+    const uint64_t lo = file_begin(tasks.front(), at), hi = file_begin(tasks.back(), at) + tasks.back().size;
+    uint64_t pages, missing;
+    all_cached = file_->count_missing_pages(lo, hi - lo, &pages, &missing) && missing == 0;
+  }
+  const unsigned threads = all_cached ? std::min(options_.threads, usable_cpus()) : options_.threads;
+  run_in_file_order(fd_, all_cached ? 0 : options_.readahead_bytes, tasks, at, threads, [&] {
+    return [&](Task& task) {
+      const uint64_t begin = file_begin(task, at);
+      populate(base, begin, task.size, path_);
+      if (task.piece) {
+        task.crc = crc32c(base + begin, task.size);
+        return;
+      }
+      for (size_t k = task.first; k <= task.last; ++k)
+        if (crc32c(base + at[k], parts[k].length) != parts[k].crc) {
+          task.bad = static_cast<int64_t>(k);
+          return;
+        }
+    };
+  });
+  out.bad = first_mismatch(tasks, parts);
+  return out;
 }
 
 void sync_path(const std::string& path, bool directory) {

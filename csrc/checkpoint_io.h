@@ -149,6 +149,32 @@ struct CheckpointReaderOptions {
   unsigned threads = 6;  // reading and copying threads (>= 1)
 };
 
+// A whole file mapped private and writable: pages come from the page cache
+// (shared with every other reader of the file) until written to, when the
+// writer gets its own copy; nothing ever reaches the file. The mapping lives
+// as long as this object. Truncating the file while it is mapped makes the
+// lost pages fault with SIGBUS, as for any file mapping.
+class PrivateFileMapping {
+ public:
+  PrivateFileMapping(int fd, uint64_t size, const std::string& path);  // throws Error(kIo)
+  ~PrivateFileMapping();
+  PrivateFileMapping(const PrivateFileMapping&) = delete;
+  PrivateFileMapping& operator=(const PrivateFileMapping&) = delete;
+  uint8_t* data() const { return data_; }  // nullptr for an empty file
+  uint64_t size() const { return size_; }
+
+ private:
+  uint8_t* data_ = nullptr;
+  uint64_t size_ = 0;
+};
+
+// Parts verified in place in a private mapping of their file.
+struct MappedParts {
+  std::shared_ptr<PrivateFileMapping> mapping;
+  std::vector<uint64_t> offsets;  // file offset (= offset in the mapping) of each part
+  int64_t bad = -1;               // the first part whose bytes do not match its CRC32C, or -1
+};
+
 // Reads checkpoint data files: parts of records straight into their final
 // memory, each 4 MiB piece hashed right after it lands (still in cache), so
 // the checksum costs no second pass over memory; piece checksums are
@@ -184,12 +210,21 @@ class CheckpointFileReader {
   // its record or a file shorter than its index, kIo with errno.
   int64_t read_verified(const ReadPart* parts, size_t n);
 
+  // Maps the whole file (PrivateFileMapping) and verifies every part's
+  // CRC32C in place, without copying: pages are mapped in file order, a
+  // piece at a time, and hashed right after. Cached files are hashed by one
+  // thread per CPU; otherwise the reader's threads and read-ahead window
+  // keep the device busy, as for read_verified. Parts' `dst` are ignored.
+  // Throws as read_verified; kFormat also when the file was cut short.
+  MappedParts map_verified(const ReadPart* parts, size_t n);
+
   // Whether reads of uncached bytes use O_DIRECT: false for a buffered
   // reader, and once the filesystem refused O_DIRECT.
   bool direct() const { return direct_; }
 
  private:
   struct Bounce;  // a thread's aligned O_DIRECT buffer
+  std::vector<uint64_t> part_offsets(const ReadPart* parts, size_t n) const;  // checked file offsets
   void pread_all(uint8_t* dst, uint64_t length, uint64_t offset);
   void read_span(uint8_t* dst, uint64_t length, uint64_t offset, Bounce& bounce);
   bool cached(uint64_t offset, uint64_t length);

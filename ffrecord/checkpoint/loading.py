@@ -8,8 +8,10 @@ with one request and copied out. Reads go through the page cache, with the
 kernel asked to read well ahead of the copying threads, so a second load (or
 another process on the node loading the same checkpoint) finds the bytes
 cached; ``direct=True`` reads what the cache does not hold with O_DIRECT
-instead, leaving the cache as it was. A mismatch raises ChecksumError naming
-the tensor. The GIL is released while reading.
+instead, leaving the cache as it was. ``mmap=True`` copies nothing: tensors
+are views of private, copy-on-write mappings of the data files, verified in
+place. A mismatch raises ChecksumError naming the tensor. The GIL is released
+while reading.
 """
 
 import os
@@ -49,15 +51,18 @@ class Checkpoint:
     ``ck[key]`` loads one entry, ``ck.load(keys=None)`` loads everything or a
     selection, ``ck.arrays()`` describes every stored array without reading
     it. Only the bytes of what is asked are read. ``map_location``,
-    ``trusted`` and ``direct`` are as for ``load``. A context manager;
+    ``trusted``, ``direct`` and ``mmap`` are as for ``load``. A context manager;
     ``close()`` releases the files.
     """
 
-    def __init__(self, path, map_location=None, trusted=False, direct=False):
+    def __init__(self, path, map_location=None, trusted=False, direct=False, mmap=False):
+        if direct and mmap:
+            raise ValueError("direct=True and mmap=True exclude each other: a mapping reads through the page cache")
         self.path = resolve_for_load(path)
         self.map_location = map_location
         self.trusted = bool(trusted)
         self.direct = bool(direct)
+        self.mmap = bool(mmap)
         with gc_paused():
             self._manifest = read_manifest(self.path)
         if self._manifest.get("kind") != "tree":
@@ -302,48 +307,76 @@ class Checkpoint:
             self._readers[f] = r
         return r
 
-    def _read(self, keys):
-        """Allocates the destination of every item in ``keys`` ((table, index)
-        pairs) and reads its parts into it; returns {key: uint8 buffer}."""
-        torch = _torch()
-        buffers, parts = {}, []
-        for key in keys:
-            entry, _, plist = self._entry(*key)
-            if entry.get("kind") == "torch":
-                buf = torch.empty(entry["nbytes"], dtype=torch.uint8)
-                base = buf.data_ptr()
-            else:
-                buf = np.empty(entry["nbytes"], dtype=np.uint8)
-                base = buf.__array_interface__["data"][0]
-            buffers[key] = buf
-            parts += [(p, base + p.start) for p in plist]
-        # Each part must lie inside its record (the reader checks) and no two
-        # parts may overlap: a small file cannot inflate into huge allocations.
-        parts.sort(key=lambda pa: (pa[0].file, pa[0].record, pa[0].offset))
+    def _parts(self, keys):
+        """Every part of the items in ``keys`` ((table, index) pairs), in file
+        order, checked: each must lie inside its record (the reader checks)
+        and no two may overlap, so a small file cannot inflate into huge
+        allocations."""
+        parts = [p for key in keys for p in self._entry(*key)[2]]
+        parts.sort(key=lambda p: (p.file, p.record, p.offset))
         prev = None
-        for p, _ in parts:
+        for p in parts:
             if p.record >= self._reader(p.file).records:
                 raise FormatError(f"{self.path}/{self._files[p.file]}: a part refers to record {p.record}, "
                                   f"the file has {self._reader(p.file).records}")
             if prev is not None and (p.file, p.record) == (prev.file, prev.record) and p.offset < prev.offset + prev.length:
                 raise FormatError(f"{self.path}/{self._files[p.file]}: overlapping parts in record {p.record}")
             prev = p
-        batches = []  # one read per file, parts in file order
-        for pa in parts:
-            if not batches or batches[-1][0][0].file != pa[0].file:
-                batches.append([])
-            batches[-1].append(pa)
-        for batch in batches:
-            f = batch[0][0].file
-            bad = self._reader(f).read_verified(
-                np.array([p.record for p, _ in batch], dtype=np.uint64),
-                np.array([p.offset for p, _ in batch], dtype=np.uint64),
-                np.array([p.length for p, _ in batch], dtype=np.uint64),
-                np.array([p.crc for p, _ in batch], dtype=np.uint32),
-                np.array([address for _, address in batch], dtype=np.uint64),
+        return parts
+
+    def _read(self, keys):
+        """Allocates the destination of every item in ``keys`` ((table, index)
+        pairs) and reads its parts into it; returns {key: uint8 buffer}."""
+        if self.mmap:
+            return self._map(keys)
+        torch = _torch()
+        buffers, address = {}, {}
+        for key in keys:
+            entry = self._entry(*key)[0]
+            if entry.get("kind") == "torch":
+                buf = torch.empty(entry["nbytes"], dtype=torch.uint8)
+                address[key] = buf.data_ptr()
+            else:
+                buf = np.empty(entry["nbytes"], dtype=np.uint8)
+                address[key] = buf.__array_interface__["data"][0]
+            buffers[key] = buf
+        for batch in _by_file(self._parts(keys)):
+            bad = self._reader(batch[0].file).read_verified(
+                *_part_arrays(batch), np.array([address[p.item] + p.start for p in batch], dtype=np.uint64)
             )
             if bad >= 0:
-                raise self._checksum_error(batch[bad][0])
+                raise self._checksum_error(batch[bad])
+        return buffers
+
+    def _map(self, keys):
+        """``mmap=True``: maps each data file private and copy-on-write, verifies
+        the parts in place, and returns {key: uint8 view of the mapping}; an item
+        whose parts are not contiguous in one file is copied out instead."""
+        torch = _torch()
+        located = {}  # part -> (mapping, file offset)
+        for batch in _by_file(self._parts(keys)):
+            mapping, offsets, bad = self._reader(batch[0].file).map_verified(*_part_arrays(batch))
+            if bad >= 0:
+                raise self._checksum_error(batch[bad])
+            for p, at in zip(batch, offsets.tolist()):
+                located[p] = (mapping, at)
+        buffers = {}
+        for key in keys:
+            entry, _, plist = self._entry(*key)
+            as_tensor = entry.get("kind") == "torch"
+            if plist:
+                mapping, first = located[plist[0]]
+                if all(located[p][0] is mapping and located[p][1] == first + p.start for p in plist):
+                    make = torch.frombuffer if as_tensor else np.frombuffer
+                    buffers[key] = make(mapping, dtype=torch.uint8 if as_tensor else np.uint8,
+                                        count=entry["nbytes"], offset=first)
+                    continue
+            buf = torch.empty(entry["nbytes"], dtype=torch.uint8) if as_tensor else np.empty(entry["nbytes"], np.uint8)
+            out = buf.numpy() if as_tensor else buf
+            for p in plist:
+                mapping, at = located[p]
+                out[p.start:p.start + p.length] = np.frombuffer(mapping, dtype=np.uint8, count=p.length, offset=at)
+            buffers[key] = buf
         return buffers
 
     def _checksum_error(self, p):
@@ -361,6 +394,25 @@ class Checkpoint:
         if entry["kind"] == "numpy":
             return buf.view(dtype).reshape(entry["shape"])
         return _relocate(buf.view(dtype).reshape(entry["shape"]), entry["device"], self.map_location)
+
+
+def _by_file(parts):
+    """Consecutive runs of ``parts`` (in file order) that lie in one file."""
+    batches = []
+    for p in parts:
+        if not batches or batches[-1][0].file != p.file:
+            batches.append([])
+        batches[-1].append(p)
+    return batches
+
+
+def _part_arrays(batch):
+    return (
+        np.array([p.record for p in batch], dtype=np.uint64),
+        np.array([p.offset for p in batch], dtype=np.uint64),
+        np.array([p.length for p in batch], dtype=np.uint64),
+        np.array([p.crc for p in batch], dtype=np.uint32),
+    )
 
 
 def _references(nodes):
@@ -405,7 +457,7 @@ def _relocate(t, saved_device, map_location):
     return t.to(device)
 
 
-def load(path, map_location=None, trusted=False, keys=None, dataset=None, direct=False):
+def load(path, map_location=None, trusted=False, keys=None, dataset=None, direct=False, mmap=False):
     """Loads the checkpoint directory at ``path``.
 
     Returns the saved object, or with ``keys`` a dict of the selected entries
@@ -430,11 +482,25 @@ def load(path, map_location=None, trusted=False, keys=None, dataset=None, direct
     load then reads the disk again). Where the filesystem refuses O_DIRECT,
     reads are buffered either way.
 
+    ``mmap``: True returns CPU tensors and arrays that are views of private
+    (copy-on-write) mappings of the checkpoint's files instead of copies:
+    every byte is still verified against its CRC32C, in place, before load
+    returns, but nothing is copied and no fresh memory is faulted in, so a
+    cached checkpoint loads several times faster. The views share the page
+    cache with every other process mapping the files; writing to a tensor
+    gives it its own copy of the pages written, never changing the file.
+    Trade-offs: the files stay open (and their disk space in use) while any
+    such tensor lives, even after the checkpoint is deleted or replaced;
+    pages the kernel reclaims under memory pressure are read from the file
+    again later without a second verification; and truncating a file while
+    it is mapped makes the lost pages fault (SIGBUS), as with any mapping.
+    The default copies. Not with ``direct=True``.
+
     Raises FileNotFoundError when nothing is at ``path``, FormatError when it
     is not a complete checkpoint, ChecksumError when bytes are damaged.
     """
     with gc_paused():  # also while the manifest is freed: nothing left to scan after
-        with Checkpoint(path, map_location=map_location, trusted=trusted, direct=direct) as ck:
+        with Checkpoint(path, map_location=map_location, trusted=trusted, direct=direct, mmap=mmap) as ck:
             if dataset is not None:
                 from .training import check_dataset_fingerprint
 
