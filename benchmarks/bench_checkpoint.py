@@ -12,7 +12,10 @@ Methods:
                load reads through the page cache, the default)
   ffrecord-direct  the same save; load(direct=True): what the page cache does
                not hold is read with O_DIRECT, and the cache is left as it was
-  torch        torch.save to one file (+ fsync for "durable") / torch.load(weights_only=True)
+  ffrecord-mmap  the same save; load(mmap=True): tensors are views of private
+               mappings of the files, every byte verified in place, none copied
+  torch.save   torch.save to one file (+ fsync for "durable") / torch.load(weights_only=True)
+  torch.save-mmap  the same save; torch.load(weights_only=True, mmap=True)
   safetensors  safetensors.torch.save_file (+ fsync) / load_file; the optimizer
                state flattened to named tensors, its param_groups in the metadata
   dcp          torch.distributed.checkpoint FileSystemWriter (fsyncs) /
@@ -184,6 +187,13 @@ class FfrecordDirect(Ffrecord):
         return ck.load(path, direct=True)
 
 
+class FfrecordMmap(Ffrecord):
+    name = "ffrecord-mmap"
+
+    def load(self, path, like):
+        return ck.load(path, mmap=True)
+
+
 class TorchSave:
     name = "torch.save"
 
@@ -200,6 +210,13 @@ class TorchSave:
 
     def load(self, path, like):
         return torch.load(path, weights_only=True)
+
+
+class TorchSaveMmap(TorchSave):
+    name = "torch.save-mmap"
+
+    def load(self, path, like):
+        return torch.load(path, weights_only=True, mmap=True)
 
 
 class Safetensors:
@@ -412,14 +429,15 @@ def main():
     ap.add_argument("--layers", type=int, default=4, help="transformer blocks of the GPT-2-medium-like model")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workdir", default="/tmp/ffrecord-bench-checkpoint")
-    ap.add_argument("--methods", default="ffrecord,ffrecord-direct,torch.save,safetensors,dcp")
+    ap.add_argument("--methods", default="ffrecord,ffrecord-direct,ffrecord-mmap,torch.save,torch.save-mmap,safetensors,dcp")
+    ap.add_argument("--skip-async", action="store_true", help="only the save/load table (and the copy bandwidth)")
     ap.add_argument("--staging-cap", type=int, default=256 << 20, help="max_staging_bytes for the bounded async run")
     ap.add_argument("--step-seconds", type=float, default=1.0,
                     help="compute of the simulated training step, alone (0: skip the step measurement)")
     args = ap.parse_args()
 
     os.makedirs(args.workdir, exist_ok=True)
-    methods = [m for m in (Ffrecord(), FfrecordDirect(), TorchSave(), Safetensors(), Dcp())
+    methods = [m for m in (Ffrecord(), FfrecordDirect(), FfrecordMmap(), TorchSave(), TorchSaveMmap(), Safetensors(), Dcp())
                if m.name in args.methods.split(",")]
     workloads = [
         (f"gpt2m-like ({args.layers} layers) + Adam state", gpt2_medium_like(args.layers)),
@@ -454,6 +472,9 @@ def main():
             bw = copy_bandwidth(state, args.repeats)
             print(f"\nstaging copy alone (C++ core, reused destination): {bw[1]:.1f} GB/s with 1 thread, "
                   f"{bw[2]:.1f} GB/s with 2; {nbytes / bw[2] / GB:.3f} s for this state", flush=True)
+        if args.skip_async:
+            del state
+            continue
         print("\n| async_save staging | cap | returned | staged | durable | returned vs sync save |")
         print("|---|---|---|---|---|---|")
         for staging in ("blocking", "background"):
