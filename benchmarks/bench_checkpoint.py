@@ -37,13 +37,16 @@ Measured separately, on the large workload:
   copy         the staging copy alone: every tensor copied into one reused
                destination by the C++ core, with 1 thread and with 2
   async_save   for staging="blocking" and "background", unbounded and with
-               --staging-cap: the time until async_save returns, until
-               wait_staged() returns, and until the save is durable
+               --staging-cap, and staging="fork": the time until async_save
+               returns, until wait_staged() returns, and until the save is
+               durable
   step         a simulated training step (CPU matmuls calibrated to
                --step-seconds alone, then an in-place update of every saved
                tensor, as an optimizer step): without a save, with a blocking
-               async_save before it, and with a background one (the update
-               waits for wait_staged()); the time lost is the difference.
+               async_save before it, with a background one (the update
+               waits for wait_staged()), with a fork one, and with a fork one
+               whose update comes first (while the child still writes, so
+               every page is copied on write); the time lost is the difference.
                Run with the matmuls on every CPU, then on one thread (a step
                that leaves CPUs free, as when the host waits for a GPU)
 
@@ -386,18 +389,24 @@ def run_steps(state, workdir, repeats, matmuls, ab):
     def update():  # the optimizer step: every saved tensor changes in place
         torch._foreach_mul_(leaves, 1.0)
 
-    times = {"none": [], "blocking": [], "background": []}
+    # "fork, update first": the update runs right after async_save returns,
+    # while the child is still writing, so the kernel copies every page the
+    # update changes (the worst case for fork staging).
+    times = {"none": [], "blocking": [], "background": [], "fork": [], "fork, update first": []}
     ck.release_staging_memory()
     ck.async_save(state, path).result()  # allocates the staging buffer, reused below
     for _ in range(repeats):
         for mode in times:
             remove(path)
             t0 = time.perf_counter()
-            fut = None if mode == "none" else ck.async_save(state, path, staging=mode)
+            fut = None if mode == "none" else ck.async_save(state, path, staging=mode.split(",")[0])
+            if mode == "fork, update first":
+                update()
             step()
             if fut is not None:
                 fut.wait_staged()
-            update()
+            if mode != "fork, update first":
+                update()
             times[mode].append(time.perf_counter() - t0)
             if fut is not None:
                 fut.result()
@@ -477,8 +486,8 @@ def main():
             continue
         print("\n| async_save staging | cap | returned | staged | durable | returned vs sync save |")
         print("|---|---|---|---|---|---|")
-        for staging in ("blocking", "background"):
-            for cap in (None, args.staging_cap):
+        for staging in ("blocking", "background", "fork"):
+            for cap in ((None,) if staging == "fork" else (None, args.staging_cap)):
                 a = run_async(state, args.workdir, args.repeats, cap, staging)
                 label = "none" if cap is None else f"{cap >> 20} MiB"
                 share = f"{a['returned'] / sync:.0%}" if sync else "—"
@@ -496,13 +505,12 @@ def main():
                     st = run_steps(state, args.workdir, args.repeats, matmuls, ab)
                 finally:
                     torch.set_num_threads(threads)
-                lost = {k: st[k] - st["none"] for k in ("blocking", "background")}
+                lost = {k: st[k] - st["none"] for k in st if k != "none"}
                 share = {k: f" = {v / sync:.0%} of a synchronous save" if sync else "" for k, v in lost.items()}
                 print(f"\nsimulated training step, matmuls on {step_threads} thread(s) ({matmuls} of 1024x1024, "
                       f"then an in-place update of every saved tensor): {st['none']:.3f} s without a save; "
-                      f"with a blocking async_save {st['blocking']:.3f} s (+{lost['blocking']:.3f} s"
-                      f"{share['blocking']}); with a background one {st['background']:.3f} s "
-                      f"(+{lost['background']:.3f} s{share['background']})", flush=True)
+                      + "; ".join(f"with a {k} async_save {st[k]:.3f} s (+{lost[k]:.3f} s{share[k]})" for k in lost),
+                      flush=True)
         del state
 
 

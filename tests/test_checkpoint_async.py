@@ -101,7 +101,7 @@ def test_overlapping_async_saves_are_serialised(tmp_path):
 
 @pytest.mark.parametrize("step", ["record-written", "manifest-written", "before-commit"])
 @pytest.mark.parametrize("cap", [None, 1 << 20])
-@pytest.mark.parametrize("staging", ["blocking", "background"])
+@pytest.mark.parametrize("staging", ["blocking", "background", "fork"])
 def test_writer_errors_are_raised_by_the_future(tmp_path, step, cap, staging):
     ck.save({"v": 1}, tmp_path / "c")
 

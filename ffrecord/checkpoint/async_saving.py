@@ -15,6 +15,13 @@ Staging modes:
   ``async_save`` returns once the tree is encoded. The caller must call
   ``future.wait_staged()`` before it changes the bytes of any saved tensor or
   array (e.g. before the next ``optimizer.step()``).
+- ``"fork"`` (host memory only): no copy at all. The process forks; the
+  child, which sees the state exactly as it was at the fork, writes and
+  commits the checkpoint and exits, while the kernel's copy-on-write gives
+  the caller a private copy of each page it changes before the child is
+  done. The caller may change its tensors at once. The child runs only the
+  writer (no tensor operation, no thread it did not start), and reports its
+  error, or its death, to the future.
 
 Bounded staging: the staging buffer is a FIFO ring of at most
 ``max_staging_bytes``. When the state is larger, the stager copies records
@@ -30,13 +37,20 @@ by two saves.
 
 import collections
 import concurrent.futures
+import gc
+import os
+import pickle
+import signal
 import threading
+import warnings
 
 from .. import _core
+from ..errors import FFRecordError
 from .commit import DirectoryCommit, sync_point
+from .encoding import format_path
 from .gc_pause import gc_paused
 from .layout import CHUNK_BYTES, PACK_BYTES, PIECE_ALIGN, record_bytes, write_manifest
-from .saving import PayloadWriter, SavePlan
+from .saving import PayloadWriter, SavePlan, write_plan
 
 __all__ = ["async_save", "SaveFuture", "release_staging_memory", "staging_bytes"]
 
@@ -172,7 +186,7 @@ def _staging_buffer(capacity, limit):
     return _arena
 
 
-STAGING_MODES = ("blocking", "background")
+STAGING_MODES = ("blocking", "background", "fork")
 
 
 def async_save(obj, path, *, max_staging_bytes=None, trusted=False, chunk_bytes=None, file_bytes=None,
@@ -193,6 +207,16 @@ def async_save(obj, path, *, max_staging_bytes=None, trusted=False, chunk_bytes=
     ``wait_staged()`` before the first such change (e.g. before the next
     ``optimizer.step()``); bytes changed before it returns may be saved in
     either state, or torn.
+
+    ``staging="fork"`` (Linux, every tensor in host memory) returns once
+    the process has forked: a child process holds a copy-on-write snapshot of
+    the state and writes it, so nothing is copied up front and the caller may
+    change its tensors at once; each page the caller changes while the child
+    is writing is copied by the kernel then. The fork itself costs time in
+    proportion to the whole process's memory (its page tables), not to the
+    state. A state holding a tensor that is not in host memory raises
+    ValueError. ``max_staging_bytes`` does not apply: pages copied on write
+    are not bounded by it.
 
     ``max_staging_bytes`` caps the host memory used for staging (at least
     1 MiB); beyond it, the copy streams the state through the cap, waiting
@@ -223,6 +247,9 @@ def async_save(obj, path, *, max_staging_bytes=None, trusted=False, chunk_bytes=
             concurrent.futures.wait([_inflight])  # serialise: its error belongs to its own future
         with gc_paused():
             plan = SavePlan(obj, trusted=trusted, chunk_bytes=chunk, pack_bytes=pack)
+        if staging == "fork":
+            _inflight = _fork_and_write(plan, path, file_bytes)
+            return _inflight
         sizes = [_align(record_bytes(r)) for r in plan.records]
         capacity = int(min(sum(sizes), limit)) if sizes else 0
         buffer = _staging_buffer(max(capacity, PIECE_ALIGN), limit)
@@ -360,3 +387,103 @@ def _write_staged(plan, ring, queue, ready, commit, file_bytes, future):
         future.set_exception(e)
         return
     future.set_result(commit.target)
+
+
+# ---- staging="fork" ---------------------------------------------------------------
+
+_CHILD_OK, _CHILD_ERROR = b"\x00", b"\x01"
+_MAX_ERROR_BYTES = 32 << 10  # well under a pipe's buffer: the child never blocks reporting
+
+
+def _fork_and_write(plan, path, file_bytes):
+    """Forks a child that writes and commits ``plan``; returns the future a
+    reaper thread resolves from the child's report and exit status."""
+    memory = []
+    for item in plan.items:
+        device = item.device
+        if device is not None and device.type != "cpu":
+            raise ValueError(
+                f"staging='fork' snapshots host memory; the tensor at {format_path(item.path)} is on {device}: "
+                "use staging='blocking' or 'background'"
+            )
+        # Resolved here, before the fork: the child must run no tensor
+        # operation (a non-contiguous tensor's copy could wait forever on
+        # intra-op threads that do not exist in the child).
+        memory.append(item.host_memory())
+    commit = DirectoryCommit(path)
+    future = SaveFuture()
+    future.set_running_or_notify_cancel()
+    read_end, write_end = os.pipe()
+    try:
+        with warnings.catch_warnings():
+            # Python warns that a child forked from a threaded process may
+            # deadlock; the child runs only code that takes no lock held by
+            # another thread of the parent (the writer starts its own threads).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except BaseException:
+        os.close(read_end)
+        os.close(write_end)
+        commit.abort()
+        raise
+    if pid == 0:  # the child: never returns
+        os.close(read_end)
+        _child_writes(plan, memory, commit, file_bytes, write_end)
+    os.close(write_end)
+    del memory  # the child has its own snapshot
+    future._end_staging()
+    threading.Thread(target=_reap, args=(pid, read_end, commit, future), name="ffrecord-async-save").start()
+    return future
+
+
+def _child_writes(plan, memory, commit, file_bytes, report):
+    status = 1
+    try:
+        # Garbage the parent had not collected yet would be finalised here,
+        # running its finalisers (say, a loader shutting down its workers) in
+        # the wrong process.
+        gc.disable()
+        try:
+            write_plan(plan, commit.tmp, file_bytes, memory)
+            commit.commit()
+            message, status = _CHILD_OK, 0
+        except BaseException as e:  # reported to the parent, whatever it is
+            try:
+                blob = pickle.dumps(e)
+            except Exception:
+                blob = b""
+            if not blob or len(blob) > _MAX_ERROR_BYTES:
+                blob = pickle.dumps(FFRecordError(f"{type(e).__name__}: {str(e)[:4000]}"))
+            message = _CHILD_ERROR + blob
+        os.write(report, message)
+    finally:
+        os._exit(status)  # no atexit handlers, no flushing of the parent's buffers
+
+
+def _reap(pid, report, commit, future):
+    try:
+        try:
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): the report decides
+            code = None
+        os.set_blocking(report, False)
+        try:
+            message = os.read(report, _MAX_ERROR_BYTES + 1024)
+        except BlockingIOError:
+            message = b""
+    finally:
+        os.close(report)
+    if message[:1] == _CHILD_OK and code in (0, None):
+        future.set_result(commit.target)
+        return
+    commit.abort()  # the temporary directory, if the child left it
+    if message[:1] == _CHILD_ERROR:
+        error = pickle.loads(message[1:])  # from our own child
+    else:
+        how = f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with status {code}"
+        error = FFRecordError(
+            f"{commit.target}: the process writing the checkpoint {how} before reporting success; the path "
+            "holds its previous content (or the new checkpoint, if that came after the commit)"
+        )
+    future.set_exception(error)

@@ -213,9 +213,10 @@ class PayloadWriter:
             self._writer = None
 
 
-def write_plan(plan, directory, file_bytes=None):
+def write_plan(plan, directory, file_bytes=None, memory=None):
     """Writes every record of ``plan`` straight from the arrays' memory, then
-    the manifest, into ``directory``."""
+    the manifest, into ``directory``. ``memory``: each item's ``host_memory()``,
+    when the caller resolved them already."""
     out = PayloadWriter(directory, file_bytes)
     try:
         cached = (None, None, 0)  # the chunks of a large array come in a row
@@ -223,7 +224,7 @@ def write_plan(plan, directory, file_bytes=None):
             pieces, owners = [], []
             for i, start, n in record:
                 if cached[0] != i:
-                    cached = (i, *plan.items[i].host_memory())
+                    cached = (i, *(plan.items[i].host_memory() if memory is None else memory[i]))
                 owners.append(cached[1])  # keeps the memory alive until written
                 pieces.append((cached[2] + start, n))
             plan.record_written(record, out.write(pieces))
