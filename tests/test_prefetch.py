@@ -226,3 +226,34 @@ def test_an_error_from_the_callers_iterable_comes_after_the_batches_before_it(tm
     with pytest.raises(RuntimeError, match="sampler broke"):
         next(it)
     r.close()
+
+
+@pytest.mark.parametrize("queue_depth", ["1", "4", "64"])
+def test_direct_batches_sharing_one_engine_queue_keep_their_own_records_and_errors(
+        tmp_path, engine, monkeypatch, queue_depth):
+    # Direct reads of consecutive batches go through one engine queue, the
+    # next batch's reads starting while the previous batch's are in flight;
+    # each batch must still get exactly its records, and only the batch with
+    # the damaged record its error.
+    monkeypatch.setenv("FFRECORD_QUEUE_DEPTH", queue_depth)
+    recs = make_records(300, seed=5, max_len=9000)
+    recs[123] = b"y" * 3000
+    path = write_file(tmp_path / "q.ffr", recs)
+    data = open(path, "rb").read()
+    flip_byte(path, data.index(b"y" * 3000) + 1000)
+    r = ffrecord.FileReader(path, direct=True)
+    rng = np.random.default_rng(7)
+    batches = [rng.permutation(300)[:int(rng.integers(1, 40))] for _ in range(40)]
+    batches = [b[b != 123] for b in batches]
+    batches[17] = np.array([5, 123, 6])
+    batches[18] = np.array([], dtype=np.int64)
+    p = ffrecord._core.Prefetcher(r._core, 2)
+    tickets = [p.submit(np.asarray(b, dtype=np.uint64)) for b in batches]
+    for k, (t, b) in enumerate(zip(tickets, batches)):
+        if k == 17:
+            with pytest.raises(ffrecord.ChecksumError, match="record 123"):
+                p.take(t)
+        else:
+            assert [a.tobytes() for a in p.take(t)] == [recs[i] for i in b]
+    assert p.pending == 0
+    assert r.io_stats()["engine_batches"] == len(batches)  # direct reads never come from the mapping
