@@ -411,6 +411,28 @@ void prefault_for_write(uint8_t* dst, uint64_t size) {
   ::madvise(reinterpret_cast<void*>(from), reinterpret_cast<uintptr_t>(dst) + size - from, MADV_POPULATE_WRITE);
 }
 
+std::atomic<bool> g_populate_works{true};
+
+// Maps the pages holding bytes [begin, begin + size) of a file mapping,
+// reading them in if needed, without breaking copy-on-write: far cheaper
+// than faulting them in one by one while hashing.
+void populate(uint8_t* base, uint64_t begin, uint64_t size, const std::string& path) {
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  if (!size || !g_populate_works.load(std::memory_order_relaxed)) return;
+  const uint64_t from = begin / page * page;
+  while (::madvise(base + from, begin + size - from, MADV_POPULATE_READ) != 0) {
+    const int err = errno;
+    if (err == EINTR || err == EAGAIN) continue;
+    if (err == EINVAL || err == ENOSYS) {  // kernel before 5.14: hashing faults the pages in instead
+      g_populate_works = false;
+      return;
+    }
+    // A page past the end of the file: EFAULT here instead of SIGBUS later.
+    if (err == EFAULT) throw_format(path, "file is shorter than its index says (truncated?)");
+    throw_io(path, "cannot map pages", err);
+  }
+}
+
 uint64_t file_begin(const Task& t, const uint64_t* at) { return t.piece ? at[t.first] + t.begin : t.begin; }
 
 // The first part, in order, whose bytes do not match: runs say so
@@ -644,8 +666,37 @@ std::vector<uint64_t> CheckpointFileReader::part_offsets(const ReadPart* parts, 
 int64_t CheckpointFileReader::read_verified(const ReadPart* parts, size_t n) {
   const std::vector<uint64_t> at = part_offsets(parts, n);
   std::vector<Task> tasks = plan_tasks(parts, at.data(), n);
-  const uint64_t window = direct_ ? 0 : options_.readahead_bytes;
-  run_in_file_order(fd_, window, tasks, at.data(), options_.threads, [&] {
+  if (!direct_.load()) {
+    // Buffered: copied out of a mapping of the file. Each task's pages are
+    // mapped first (read from the disk if missing, ahead of which the
+    // read-ahead window keeps the device busy), then copied with the
+    // checksum fused into the copy: one pass over the bytes, no system call
+    // per piece (a warm load of the 1.2 GB benchmark state took 0.36 s
+    // against 0.55 s with pread and a separate checksum pass, median of 4).
+    if (!read_map_) read_map_ = std::make_shared<PrivateFileMapping>(fd_, file_->file_size(), path_);
+    uint8_t* map = read_map_->data();
+    run_in_file_order(fd_, options_.readahead_bytes, tasks, at.data(), options_.threads, [&] {
+      return [&](Task& task) {
+        const uint64_t begin = file_begin(task, at.data());
+        populate(map, begin, task.size, path_);
+        if (task.piece) {
+          uint8_t* dst = parts[task.first].dst + task.begin;
+          prefault_for_write(dst, task.size);
+          task.crc = crc32c_copy(dst, map + begin, task.size);
+          return;
+        }
+        for (size_t k = task.first; k <= task.last; ++k)
+          if (crc32c_copy(parts[k].dst, map + at[k], parts[k].length) != parts[k].crc) {
+            task.bad = static_cast<int64_t>(k);  // the caller discards the destination
+            return;
+          }
+      };
+    });
+    return first_mismatch(tasks, parts);
+  }
+  // Direct: uncached spans read with O_DIRECT (no read-ahead advice: it
+  // would fill the cache this mode leaves alone), cached ones with pread.
+  run_in_file_order(fd_, 0, tasks, at.data(), options_.threads, [&] {
     return [&, run = std::vector<uint8_t>(), bounce = std::make_unique<Bounce>()](Task& task) mutable {
       if (task.piece) {
         uint8_t* dst = parts[task.first].dst + task.begin;
@@ -682,29 +733,6 @@ PrivateFileMapping::~PrivateFileMapping() {
   if (data_) ::munmap(data_, size_);
 }
 
-namespace {
-std::atomic<bool> g_populate_works{true};
-
-// Maps the pages holding bytes [begin, begin + size) of a file mapping,
-// reading them in if needed, without breaking copy-on-write: far cheaper
-// than faulting them in one by one while hashing.
-void populate(uint8_t* base, uint64_t begin, uint64_t size, const std::string& path) {
-  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  if (!size || !g_populate_works.load(std::memory_order_relaxed)) return;
-  const uint64_t from = begin / page * page;
-  while (::madvise(base + from, begin + size - from, MADV_POPULATE_READ) != 0) {
-    const int err = errno;
-    if (err == EINTR || err == EAGAIN) continue;
-    if (err == EINVAL || err == ENOSYS) {  // kernel before 5.14: hashing faults the pages in instead
-      g_populate_works = false;
-      return;
-    }
-    // A page past the end of the file: EFAULT here instead of SIGBUS later.
-    if (err == EFAULT) throw_format(path, "file is shorter than its index says (truncated?)");
-    throw_io(path, "cannot map pages", err);
-  }
-}
-}  // namespace
 
 MappedParts CheckpointFileReader::map_verified(const ReadPart* parts, size_t n) {
   MappedParts out;

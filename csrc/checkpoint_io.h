@@ -176,18 +176,20 @@ struct MappedParts {
 };
 
 // Reads checkpoint data files: parts of records straight into their final
-// memory, each 4 MiB piece hashed right after it lands (still in cache), so
-// the checksum costs no second pass over memory; piece checksums are
-// combined per part. Small parts that lie close together in the file
+// memory, each 4 MiB piece hashed as it is copied (buffered) or right after
+// it lands, still in cache (direct), so the checksum costs no second pass
+// over memory; piece checksums are combined per part. Small parts that lie close together in the file
 // (tensors packed into one record) are read with one request into a bounce
 // buffer and copied out. A few threads read in file order. The file is
 // opened and validated as any record file (RecordFile::open); offsets come
 // from its index, never from the caller. One thread calls a reader at a time.
 //
-// Buffered (the default): plain preads, with a helper thread asking the
-// kernel to read `readahead_bytes` ahead of the position the threads have
-// reached, so a cold read keeps the device busy with large requests while
-// the threads copy what has landed; the data stays in the page cache.
+// Buffered (the default): copies out of a mapping of the file, each piece's
+// pages mapped in bulk first (MADV_POPULATE_READ) and hashed by the copy
+// itself, with a helper thread asking the kernel to read `readahead_bytes`
+// ahead of the position the threads have reached, so a cold read keeps the
+// device busy with large requests while the threads copy what has landed;
+// the data stays in the page cache.
 //
 // Direct: a span whose pages are all in the page cache (mincore on a mapping
 // of the file, which reads nothing) is copied from it with pread; any other
@@ -237,6 +239,7 @@ class CheckpointFileReader {
   int direct_fd_ = -1;  // owned by file_
   uint64_t direct_align_ = 4096;
   const uint8_t* map_ = nullptr;  // owned by file_
+  std::shared_ptr<PrivateFileMapping> read_map_;  // buffered reads copy out of it
   std::atomic<bool> direct_{false};
 };
 

@@ -2,11 +2,10 @@
 
 Tensor bytes are read into the final tensor storage (no intermediate
 ``bytes``), in file order, by the C++ checkpoint reader: each 4 MiB piece is
-hashed right after it lands, while still in cache, so the CRC32C check costs
-no second pass over memory; small tensors packed into one record are read
-with one request and copied out. Reads go through the page cache, with the
-kernel asked to read well ahead of the copying threads, so a second load (or
-another process on the node loading the same checkpoint) finds the bytes
+hashed as it is copied, so the CRC32C check costs no second pass over memory.
+Reads go through the page cache (copies out of a mapping of each file), with
+the kernel asked to read well ahead of the copying threads, so a second load
+(or another process on the node loading the same checkpoint) finds the bytes
 cached; ``direct=True`` reads what the cache does not hold with O_DIRECT
 instead, leaving the cache as it was. ``mmap=True`` copies nothing: tensors
 are views of private, copy-on-write mappings of the data files, verified in
