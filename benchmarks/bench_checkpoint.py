@@ -30,8 +30,9 @@ posix_fadvise(DONTNEED) after an fsync; ffrecord-direct leaves the cache as it
 was, so its "warm" load reads the disk again); every load ends by reading one
 byte of each page of the result (safetensors maps the file and reads lazily, so
 it pays its reads there). The repeats are interleaved (fio and every method
-once per round), so a busy moment of a shared machine hits them alike; each
-cell gives the median and the best of --repeats rounds.
+once per round, the methods' order rotated each round), so a busy moment of a
+shared machine hits them alike; each cell gives the median and the best of
+--repeats rounds.
 
 Measured separately, on the large workload:
   split        a warm load(mmap=True) taken apart: the load alone (it maps the
@@ -489,10 +490,14 @@ def main():
         likes = {m.name: empty_like_state(state) if isinstance(m, Dcp) else None for m in methods}
         # Interleaved: every repeat runs fio and each method once, so a busy
         # moment on a shared machine falls on all of them alike.
-        for _ in range(args.repeats):
+        # The order rotates every round: on the VM these figures come from,
+        # the first cold load after a large write (fio's, then a save) ran
+        # up to twice as slow as the next one, whichever method it was.
+        for r in range(args.repeats):
             if fio is not None:
                 run_fio_once(args.workdir, nbytes, fio)
-            for m in methods:
+            shift = (r * 3) % len(methods)
+            for m in methods[shift:] + methods[:shift]:
                 run_method_once(m, state, args.workdir, likes[m.name], runs[m.name])
         del likes
         print(f"\n### {title}: {nbytes / GB:.3f} GB of tensors, "
