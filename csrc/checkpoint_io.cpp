@@ -365,8 +365,8 @@ constexpr uint64_t kRunBytes = uint64_t(4) << 20;    // small parts coalesced up
 constexpr uint64_t kRunGap = 4096;                   // ... when at most this far apart
 
 // The unit the reading threads take, in file order: a piece of a large part
-// (read in place), or a run of small parts close together (one read into a
-// bounce buffer, then each part hashed and copied out).
+// (read in place), or a run of small parts close together (mapped, or read
+// with one request into a bounce buffer, then each part hashed and copied).
 struct Task {
   size_t first, last;    // parts [first, last]; one part for a piece
   uint64_t begin, size;  // a piece: bytes [begin, begin + size) of part `first`; a run: its file span
@@ -401,10 +401,10 @@ std::vector<Task> plan_tasks(const ReadPart* parts, const uint64_t* at, size_t n
 // Fresh tensor memory is faulted in (and zeroed by the kernel) page by page
 // as a read first writes it; asking for the whole piece's pages at once
 // costs one call instead of a fault per page (about a tenth of a warm load
-// of large tensors, measured). Only for pieces already in the page cache: on
-// a cold piece it delays the read that keeps the disk busy (a cold load
-// took 18% longer). Advice only: memory that cannot be populated this way
-// (or a kernel before 5.14) is faulted in as before.
+// of large tensors, measured). Called once the piece's bytes are in the
+// page cache: before a read from the disk it delays the read that keeps the
+// disk busy (a cold load took 18% longer). Advice only: memory that cannot
+// be populated this way (or a kernel before 5.14) is faulted in as before.
 void prefault_for_write(uint8_t* dst, uint64_t size) {
   static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
   const uintptr_t from = reinterpret_cast<uintptr_t>(dst) / page * page;

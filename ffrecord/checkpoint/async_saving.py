@@ -410,10 +410,15 @@ def _fork_and_write(plan, path, file_bytes):
         # operation (a non-contiguous tensor's copy could wait forever on
         # intra-op threads that do not exist in the child).
         memory.append(item.host_memory())
-    commit = DirectoryCommit(path)
+    read_end, write_end = os.pipe()
+    try:
+        commit = DirectoryCommit(path)
+    except BaseException:
+        os.close(read_end)
+        os.close(write_end)
+        raise
     future = SaveFuture()
     future.set_running_or_notify_cancel()
-    read_end, write_end = os.pipe()
     try:
         with warnings.catch_warnings():
             # Python warns that a child forked from a threaded process may
