@@ -239,7 +239,6 @@ class CheckpointFileReader {
   int direct_fd_ = -1;  // owned by file_
   uint64_t direct_align_ = 4096;
   const uint8_t* map_ = nullptr;  // owned by file_
-  std::shared_ptr<PrivateFileMapping> read_map_;  // buffered reads copy out of it
   std::atomic<bool> direct_{false};
 };
 
