@@ -13,7 +13,7 @@ import torch
 
 import ffrecord
 import ffrecord.checkpoint as ck
-from damage import flip_byte
+from damage import flip_byte_of_tensor
 
 
 def make_state(seed=0):
@@ -160,9 +160,7 @@ def test_single_packed_tensors_at_unaligned_offsets(tmp_path):
 def test_damage_on_disk_is_caught_by_an_uncached_read(tmp_path):
     state = make_state(2)
     ck.save(state, tmp_path / "c")
-    data = tmp_path / "c" / "data-00000.ffr"
-    at = data.read_bytes().index(state["big"].numpy().tobytes()[:64])
-    flip_byte(data, at + (6 << 20) + 5)
+    flip_byte_of_tensor(tmp_path / "c", state["big"], (6 << 20) + 5)
     evict(tmp_path / "c")  # the damaged page is written back and dropped: read from the disk
     with pytest.raises(ffrecord.ChecksumError, match=r"\['big'\]"):
         ck.load(tmp_path / "c")
