@@ -483,9 +483,14 @@ def _reap(pid, report, commit, future):
         future.set_result(commit.target)
         return
     commit.abort()  # the temporary directory, if the child left it
+    error = None
     if message[:1] == _CHILD_ERROR:
-        error = pickle.loads(message[1:])  # from our own child
-    else:
+        try:
+            error = pickle.loads(message[1:])  # from our own child
+        except Exception as e:  # an exception class that does not unpickle: the future must still resolve
+            error = FFRecordError(f"{commit.target}: the process writing the checkpoint failed ({e!r} while "
+                                  "reading its report); the path keeps its previous content")
+    if error is None:
         how = f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with status {code}"
         error = FFRecordError(
             f"{commit.target}: the process writing the checkpoint {how} before reporting success; the path "
