@@ -146,11 +146,15 @@ def test_empty_and_tensor_free_states(tmp_path):
     assert out["s"] == "x" and out["e"].shape == (0, 5)
 
 
-@pytest.mark.parametrize("cap", [None, 16 << 20])
-def test_large_and_non_contiguous_tensors_are_staged_exactly(tmp_path, cap):
+@pytest.mark.parametrize("cap, held_batch", [(None, None), (None, 8 << 20), (16 << 20, None)])
+def test_large_and_non_contiguous_tensors_are_staged_exactly(tmp_path, monkeypatch, cap, held_batch):
     # Records above the parallel-copy threshold (cut into slices shared by
     # several threads, the last one short) and packs of many transposed
     # tensors, each made contiguous by a temporary copy before staging.
+    # Without a cap the whole state is staged before writing, in batches of
+    # records; a small batch size makes some batches end mid-state.
+    if held_batch is not None:
+        monkeypatch.setattr(async_saving, "HELD_COPY_BATCH", held_batch)
     g = torch.Generator().manual_seed(7)
     state = {
         "big": torch.randn(5_000_003, generator=g),  # 20 MB, not a multiple of the slice size
