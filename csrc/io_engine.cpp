@@ -15,6 +15,7 @@
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "error.h"
@@ -202,6 +203,20 @@ constexpr unsigned kFastSetupFlags = 0;
 // still fills to its full depth.
 constexpr uint64_t kSubmitGroupBytes = uint64_t(512) << 10;
 
+// Small O_DIRECT reads (IoRequest::stage) land in a staging area of this
+// many bytes, one huge page, cut into slots that each start on a page, and
+// are copied to their destination on completion. The virtual disk this was
+// measured on served reads into these few fixed, page-aligned slots faster
+// than reads straight into batch blocks, whose records start anywhere in a
+// page and whose pages change with every batch: cold W-small prefetch reads
+// ran 1.07-1.09x with staging than without (medians of 8 interleaved rounds),
+// where slots that kept each record's offset within its page ran 0.92x and
+// page-aligning every record inside the block, without staging, 1.03x. The
+// copy runs just before the completion callback, whose checksum then reads
+// bytes still in the cache.
+constexpr size_t kStageBytes = size_t(2) << 20;
+constexpr size_t kStageSlot = size_t(16) << 10;
+
 class UringEngine final : public IoEngine {
  public:
   // Throws Error(kIo) with the kernel's errno when a ring cannot be set up.
@@ -240,7 +255,10 @@ class UringEngine final : public IoEngine {
     cq_mask_ = *reinterpret_cast<unsigned*>(cq + p.cq_off.ring_mask);
     cqes_ = reinterpret_cast<io_uring_cqe*>(cq + p.cq_off.cqes);
   }
-  ~UringEngine() override { release(); }
+  ~UringEngine() override {
+    release();
+    std::free(stage_);
+  }
 
   const char* name() const override { return "io_uring"; }
   bool wants_helpers() const override { return true; }
@@ -253,6 +271,9 @@ class UringEngine final : public IoEngine {
     std::fill_n(progress_.begin(), n, 0);
     retry_.clear();
     retry_.reserve(n);
+    ready_.clear();
+    ready_.reserve(n);
+    prepare_staging(reqs, n);
     // Queue depth from the batch: never more in flight than it has requests.
     const size_t depth = std::min<size_t>(entries_, n);
     size_t next = 0, inflight = 0, completed = 0;
@@ -271,10 +292,11 @@ class UringEngine final : public IoEngine {
         ++inflight;
         ++unsubmitted;
       }
-      // Wait only when nothing more can be queued; otherwise submit this
-      // group, run whatever it completed, and come back for the next one.
+      // Wait only when nothing more can be queued and no completions are
+      // waiting for their callbacks; otherwise submit this group, run those
+      // callbacks, and come back for the next one.
       const bool more = inflight < depth && (!retry_.empty() || next < n);
-      const unsigned wait = more ? 0 : 1;
+      const unsigned wait = more || !ready_.empty() ? 0 : 1;
       int r = sys_io_uring_enter(fd_, unsubmitted, wait, IORING_ENTER_GETEVENTS);
       if (r < 0) {
         // EINTR/EAGAIN/EBUSY: reap what is ready, then submit again.
@@ -286,7 +308,12 @@ class UringEngine final : public IoEngine {
       } else {
         unsubmitted -= std::min<unsigned>(unsubmitted, static_cast<unsigned>(r));
       }
-      reap(reqs, done, inflight, completed);
+      // Callbacks (copies, checksums) of what completed before run only now,
+      // after the requests that replace them went out: the disk then never
+      // waits for this thread. (Virtual disks complete many requests at
+      // once; checking them all before refilling the queue left it idle.)
+      deliver(reqs, done, completed);
+      reap(reqs, inflight);
     }
   }
 
@@ -306,6 +333,27 @@ class UringEngine final : public IoEngine {
     fd_ = -1;
   }
 
+  // Sets up the staging slots for a batch: the area is made on the first
+  // batch that has a request to stage (without it, every read goes straight
+  // to its destination), and every slot is free again.
+  void prepare_staging(const IoRequest* reqs, size_t n) {
+    slot_of_.assign(n, kNoSlot);
+    if (!stage_tried_ && std::any_of(reqs, reqs + n, [](const IoRequest& rq) { return rq.stage; })) {
+      stage_tried_ = true;
+      void* p = nullptr;
+      if (posix_memalign(&p, kStageBytes, kStageBytes) == 0) {
+        ::madvise(p, kStageBytes, MADV_HUGEPAGE);  // advice only
+        std::memset(p, 0, kStageBytes);             // faulted in once, not on the read path
+        stage_ = static_cast<uint8_t*>(p);
+        // Completed requests keep their slots until their callbacks ran,
+        // after their replacements were submitted: twice the depth.
+        stage_slots_ = static_cast<uint32_t>(std::min<size_t>(2 * size_t(entries_), kStageBytes / kStageSlot));
+      }
+    }
+    free_slots_.clear();
+    for (uint32_t k = 0; stage_ && k < stage_slots_; ++k) free_slots_.push_back(k);
+  }
+
   // Writes one read SQE for the rest of request i; returns its length.
   uint64_t prep_read(const IoRequest& rq, size_t i) {
     unsigned tail = *sq_tail_;
@@ -317,7 +365,14 @@ class UringEngine final : public IoEngine {
     sqe->opcode = IORING_OP_READ;
     sqe->fd = rq.fd;
     sqe->off = rq.offset + done;
-    sqe->addr = reinterpret_cast<uint64_t>(rq.dst + done);
+    // A request keeps its slot through short reads; one that finds no free
+    // slot reads straight into its destination.
+    if (rq.stage && slot_of_[i] == kNoSlot && done == 0 && rq.length <= kStageSlot && !free_slots_.empty()) {
+      slot_of_[i] = free_slots_.back();
+      free_slots_.pop_back();
+    }
+    uint8_t* dst = slot_of_[i] == kNoSlot ? rq.dst : stage_ + size_t(slot_of_[i]) * kStageSlot;
+    sqe->addr = reinterpret_cast<uint64_t>(dst + done);
     sqe->len = len;
     sqe->user_data = i;
     sq_array_[idx] = idx;
@@ -325,7 +380,9 @@ class UringEngine final : public IoEngine {
     return len;
   }
 
-  void reap(const IoRequest* reqs, IoCompletion done, size_t& inflight, size_t& completed) {
+  // Takes every completion off the CQ ring: finished requests go to ready_
+  // (deliver() runs their callbacks), short reads and EAGAIN to retry_.
+  void reap(const IoRequest* reqs, size_t& inflight) {
     unsigned head = *cq_head_;
     unsigned tail = load_acquire(cq_tail_);
     for (; head != tail; ++head) {
@@ -337,16 +394,13 @@ class UringEngine final : public IoEngine {
       if (res == -EAGAIN || res == -EINTR) {
         retry_.push_back(i);
       } else if (res < 0) {
-        done(i, -res);
-        ++completed;
+        ready_.push_back({i, -res});
       } else if (res == 0) {
-        done(i, progress_[i] >= rq.needed ? kIoOk : kIoEof);
-        ++completed;
+        ready_.push_back({i, progress_[i] >= rq.needed ? kIoOk : kIoEof});
       } else {
         progress_[i] += static_cast<uint64_t>(res);
         if (progress_[i] >= rq.length) {
-          done(i, kIoOk);
-          ++completed;
+          ready_.push_back({i, kIoOk});
         } else {
           retry_.push_back(i);  // short read: resubmit the remainder
         }
@@ -355,17 +409,35 @@ class UringEngine final : public IoEngine {
     store_release(cq_head_, head);
   }
 
+  // Runs the callbacks of the finished requests in ready_, first copying a
+  // staged request's bytes to its destination and freeing its slot.
+  void deliver(const IoRequest* reqs, IoCompletion done, size_t& completed) {
+    for (const auto& [i, err] : ready_) {
+      if (slot_of_[i] != kNoSlot) {
+        if (err == kIoOk)
+          std::memcpy(reqs[i].dst, stage_ + size_t(slot_of_[i]) * kStageSlot, std::min(progress_[i], reqs[i].length));
+        free_slots_.push_back(slot_of_[i]);
+        slot_of_[i] = kNoSlot;
+      }
+      done(i, err);
+    }
+    completed += ready_.size();
+    ready_.clear();
+  }
+
   // After the ring failed with `err`: SQEs the kernel never took are taken
   // back, what it holds is waited for (no I/O may outlive the batch), and
   // every request not yet completed fails with `err`.
   void fail_rest(const IoRequest* reqs, IoCompletion done, size_t n, size_t next, size_t& inflight,
                  unsigned unsubmitted, size_t& completed, int err) {
+    deliver(reqs, done, completed);
     store_release(sq_tail_, *sq_tail_ - unsubmitted);
     inflight -= unsubmitted;
     while (inflight > 0) {
       int r = sys_io_uring_enter(fd_, 0, 1, IORING_ENTER_GETEVENTS);
       if (r < 0 && errno != EINTR && errno != EAGAIN && errno != EBUSY) break;
-      reap(reqs, done, inflight, completed);
+      reap(reqs, inflight);
+      deliver(reqs, done, completed);
     }
     // Whatever is left (never submitted, taken back, or to be retried) fails.
     std::vector<bool> finished(n, true);
@@ -396,6 +468,13 @@ class UringEngine final : public IoEngine {
   io_uring_cqe* cqes_ = nullptr;
   std::vector<uint64_t> progress_;  // bytes read so far, per request
   std::vector<size_t> retry_;       // requests to resubmit (short read, EAGAIN)
+  std::vector<std::pair<size_t, int>> ready_;  // finished requests whose callbacks are due
+  static constexpr uint32_t kNoSlot = UINT32_MAX;
+  uint8_t* stage_ = nullptr;        // kStageBytes, or none
+  bool stage_tried_ = false;
+  uint32_t stage_slots_ = 0;
+  std::vector<uint32_t> free_slots_;
+  std::vector<uint32_t> slot_of_;   // per request: its staging slot or kNoSlot
 };
 
 }  // namespace

@@ -2,7 +2,8 @@
 //   pread    - a plain loop in the calling thread; the correct, naive default.
 //   threads  - the batch split across a process-wide pool of pread workers.
 //   io_uring - the whole batch submitted to one ring through raw syscalls,
-//              with a bounded number of requests in flight.
+//              with a bounded number of requests in flight; small O_DIRECT
+//              reads go through a small, fixed staging area.
 // make_engine() picks io_uring where the kernel allows it and threads
 // otherwise; FFRECORD_ENGINE=pread|threads|io_uring forces one.
 //
@@ -26,6 +27,10 @@ struct IoRequest {
   uint64_t needed;   // bytes that must arrive; a shorter read is an error.
                      // < length only for O_DIRECT reads rounded past EOF.
   uint8_t* dst;
+  // An O_DIRECT read that io_uring may land in its staging area and copy to
+  // dst on completion (see UringEngine in io_engine.cpp); dst is unchanged
+  // for the completion callback either way.
+  bool stage = false;
 };
 
 // Result codes passed to the completion callback.

@@ -250,7 +250,7 @@ void Reader::plan_batch(Plan& plan, const uint64_t* indices, size_t n, bool merg
     run_end = e.offset + e.length;
     uint64_t length = direct ? align_up(run_end, align) - start : e.length;
     // dst holds the request's offset in the block until the block exists.
-    plan.reqs.push_back({fd, start, length, run_end - start, reinterpret_cast<uint8_t*>(total)});
+    plan.reqs.push_back({fd, start, length, run_end - start, reinterpret_cast<uint8_t*>(total), direct});
     plan.runs.push_back({i, 1});
     s.pos = total + (e.offset - start);
     total += length;

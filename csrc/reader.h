@@ -60,7 +60,7 @@ struct ReadStats {
 // with length[i] bytes. Offsets increase with i (records keep request order).
 // Buffered reads pack the records back to back, so the block holds exactly
 // sum(length) bytes of payload; O_DIRECT reads leave each record inside the
-// aligned span it was read with (no copy), so there are gaps between records.
+// aligned span it was read with, so there are gaps between records.
 struct Batch {
   std::shared_ptr<Block> block;
   std::vector<uint64_t> offset;
