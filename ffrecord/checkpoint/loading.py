@@ -325,18 +325,24 @@ class Checkpoint:
 
     def _read(self, keys):
         """Allocates the destination of every item in ``keys`` ((table, index)
-        pairs) and reads its parts into it; returns {key: uint8 buffer}."""
+        pairs) and reads its parts into it; returns {key: buffer}: a uint8
+        buffer, or for arrays read by copy the array itself (allocated with
+        its dtype and shape: no view and reshape per tensor afterwards)."""
         if self.mmap:
             return self._map(keys)
         torch = _torch()
         buffers, address = {}, {}
         for key in keys:
-            entry = self._entry(*key)[0]
-            if entry.get("kind") == "torch":
-                buf = torch.empty(entry["nbytes"], dtype=torch.uint8)
+            entry, dtype, _ = self._entry(*key)
+            kind = entry.get("kind")
+            if kind == "torch":
+                if dtype is torch.complex32:  # allocating it warns that the dtype is experimental; viewing does not
+                    buf = torch.empty(entry["nbytes"], dtype=torch.uint8)
+                else:
+                    buf = torch.empty(entry["shape"], dtype=dtype)
                 address[key] = buf.data_ptr()
             else:
-                buf = np.empty(entry["nbytes"], dtype=np.uint8)
+                buf = np.empty(entry["shape"] if kind == "numpy" else entry["nbytes"], dtype=dtype or np.uint8)
                 address[key] = buf.__array_interface__["data"][0]
             buffers[key] = buf
         for batch in _by_file(self._parts(keys)):
@@ -390,9 +396,11 @@ class Checkpoint:
         entry, dtype, _ = self._entry(*key)
         if key[0] == "pickles":
             return pickle.loads(buf.tobytes())
+        if buf.dtype != dtype or buf.ndim != len(entry["shape"]):  # raw bytes (a mapping, or copied out of one)
+            buf = buf.view(dtype).reshape(entry["shape"])
         if entry["kind"] == "numpy":
-            return buf.view(dtype).reshape(entry["shape"])
-        return _relocate(buf.view(dtype).reshape(entry["shape"]), entry["device"], self.map_location)
+            return buf
+        return _relocate(buf, entry["device"], self.map_location)
 
 
 def _by_file(parts):
