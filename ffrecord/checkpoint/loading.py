@@ -342,7 +342,10 @@ class Checkpoint:
                     buf = torch.empty(entry["shape"], dtype=dtype)
                 address[key] = buf.data_ptr()
             else:
-                buf = np.empty(entry["shape"] if kind == "numpy" else entry["nbytes"], dtype=dtype or np.uint8)
+                if kind == "numpy":
+                    buf = np.empty(entry["shape"], dtype=dtype)
+                else:  # a pickled entry's bytes
+                    buf = np.empty(entry["nbytes"], dtype=np.uint8)
                 address[key] = buf.__array_interface__["data"][0]
             buffers[key] = buf
         for batch in _by_file(self._parts(keys)):
