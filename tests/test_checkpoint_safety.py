@@ -27,6 +27,16 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
+class Opaque:
+    """A value only pickle can store."""
+
+    def __init__(self, blob):
+        self.blob = blob
+
+    def __eq__(self, other):
+        return isinstance(other, Opaque) and other.blob == self.blob
+
+
 def read_manifest_json(directory):
     with ffrecord.FileReader(os.path.join(directory, MANIFEST_NAME)) as r:
         return json.loads(r.read_one(0).tobytes())
@@ -168,6 +178,18 @@ def test_crafted_manifests_raise_format_error(tmp_path, edit):
     rewrite_manifest(tmp_path / "c", m)
     with pytest.raises((ffrecord.FormatError, ck.UnsafeCheckpointError)):
         ck.load(tmp_path / "c")
+
+
+def test_a_pickled_entry_is_read_as_bytes_whatever_kind_its_entry_claims(tmp_path):
+    # An entry of the pickles table that claims to be a small tensor must not
+    # size its destination: the bytes it holds are read in full, then unpickled.
+    obj = Opaque(bytes(range(256)) * 400)
+    ck.save({"obj": obj, "t": torch.arange(5)}, tmp_path / "c", trusted=True)
+    m = read_manifest_json(tmp_path / "c")
+    m["pickles"][0].update(kind="torch", shape=[1], dtype="float32", device="cpu")
+    rewrite_manifest(tmp_path / "c", m)
+    out = ck.load(tmp_path / "c", trusted=True)
+    assert out["obj"] == obj and torch.equal(out["t"], torch.arange(5))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

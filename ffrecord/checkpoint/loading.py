@@ -334,7 +334,8 @@ class Checkpoint:
         buffers, address = {}, {}
         for key in keys:
             entry, dtype, _ = self._entry(*key)
-            kind = entry.get("kind")
+            # The kind is checked for arrays only: a pickled entry is bytes, whatever its entry says.
+            kind = entry.get("kind") if key[0] == "arrays" else None
             if kind == "torch":
                 if dtype is torch.complex32:  # allocating it warns that the dtype is experimental; viewing does not
                     buf = torch.empty(entry["nbytes"], dtype=torch.uint8)
