@@ -120,8 +120,11 @@ class Reader {
   EngineKind kind_;
   unsigned cpus_ = 1;
 
-  // Copies from the mapping: kind_ kMmap always, kAuto while resident.
-  mutable std::atomic<bool> mapping_on_{true};
+  // Copies from the mapping: kind_ kMmap always, kAuto while resident. A new
+  // reader checks its first batch's residency instead of assuming it: read
+  // through the mapping, a cold record arrives one page fault (one 4 KiB
+  // disk read, no read-ahead under random advice) at a time.
+  mutable std::atomic<bool> mapping_on_{false};
   mutable std::atomic<uint32_t> probe_in_{0};       // engine batches before the next residency check
   mutable std::atomic<uint32_t> probe_every_{2};    // doubles after each failed check
   mutable std::atomic<uint64_t> mapped_batches_{0};
