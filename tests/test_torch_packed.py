@@ -210,11 +210,14 @@ def test_killed_worker_gives_a_clear_error_and_the_next_epoch_works(path):
             got.extend(check_batch(batch))
     assert got == list(range(len(got))) and len(got) <= 200
     state = loader.state_dict()  # what was handed out before the failure
-    assert state["samples"] == len(got)
+    # torch raises the error from its SIGCHLD handler, between any two
+    # bytecodes of this thread: it may interrupt the check of a batch the
+    # loader had already handed out (and counted).
+    assert state["samples"] - len(got) in (0, 10)
     ds.batch_transform = None
     fresh = fft.DataLoader(ds, batch_size=10, num_workers=2)
     fresh.load_state_dict(state)
-    assert got + [i for b in fresh for i in check_batch(b)] == list(range(N))
+    assert [i for b in fresh for i in check_batch(b)] == list(range(state["samples"], N))
 
 
 # ---- large records: read straight into the workers' shared memory ----------------
