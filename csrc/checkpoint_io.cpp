@@ -606,7 +606,9 @@ CheckpointFileReader::CheckpointFileReader(const std::string& path, CheckpointRe
   try {
     direct_fd_ = file_->direct_fd();
     direct_align_ = file_->direct_align();
-    map_ = file_->data_map();  // only asked which pages are cached (mincore), never read
+    // The mapping is only asked which pages are cached (mincore); made here,
+    // where failing to make it means buffered reads.
+    file_->data_map();
     direct_ = true;
   } catch (const Error&) {
     direct_ = false;  // e.g. tmpfs before Linux 6.6 (EINVAL): buffered reads
@@ -653,7 +655,7 @@ void CheckpointFileReader::pread_all(uint8_t* dst, uint64_t length, uint64_t off
 }
 
 bool CheckpointFileReader::cached(uint64_t offset, uint64_t length) {
-  if (!map_ || !length) return false;
+  if (!length) return false;
   uint64_t pages, missing;
   return file_->count_missing_pages(offset, length, &pages, &missing) && missing == 0;
 }

@@ -178,9 +178,11 @@ struct MappedParts {
 // Reads checkpoint data files: parts of records straight into their final
 // memory, each 4 MiB piece hashed as it is copied (buffered) or right after
 // it lands, still in cache (direct), so the checksum costs no second pass
-// over memory; piece checksums are combined per part. Small parts that lie close together in the file
-// (tensors packed into one record) are read with one request into a bounce
-// buffer and copied out. A few threads read in file order. The file is
+// over memory; piece checksums are combined per part. Small parts that lie
+// close together in the file (tensors packed into one record) are taken as
+// one run: copied out of the mapping (buffered), or read with one request
+// into a bounce buffer and copied out (direct). A few threads read in file
+// order. The file is
 // opened and validated as any record file (RecordFile::open); offsets come
 // from its index, never from the caller. One thread calls a reader at a time.
 //
@@ -238,7 +240,6 @@ class CheckpointFileReader {
   int fd_ = -1;
   int direct_fd_ = -1;  // owned by file_
   uint64_t direct_align_ = 4096;
-  const uint8_t* map_ = nullptr;  // owned by file_
   std::atomic<bool> direct_{false};
 };
 
