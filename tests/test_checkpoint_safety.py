@@ -180,7 +180,8 @@ def test_crafted_manifests_raise_format_error(tmp_path, edit):
         ck.load(tmp_path / "c")
 
 
-def test_a_pickled_entry_is_read_as_bytes_whatever_kind_its_entry_claims(tmp_path):
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_pickled_entry_is_read_as_bytes_whatever_kind_its_entry_claims(tmp_path, mmap):
     # An entry of the pickles table that claims to be a small tensor must not
     # size its destination: the bytes it holds are read in full, then unpickled.
     obj = Opaque(bytes(range(256)) * 400)
@@ -188,7 +189,7 @@ def test_a_pickled_entry_is_read_as_bytes_whatever_kind_its_entry_claims(tmp_pat
     m = read_manifest_json(tmp_path / "c")
     m["pickles"][0].update(kind="torch", shape=[1], dtype="float32", device="cpu")
     rewrite_manifest(tmp_path / "c", m)
-    out = ck.load(tmp_path / "c", trusted=True)
+    out = ck.load(tmp_path / "c", trusted=True, mmap=mmap)
     assert out["obj"] == obj and torch.equal(out["t"], torch.arange(5))
 
 

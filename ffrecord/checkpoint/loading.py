@@ -334,8 +334,7 @@ class Checkpoint:
         buffers, address = {}, {}
         for key in keys:
             entry, dtype, _ = self._entry(*key)
-            # The kind is checked for arrays only: a pickled entry is bytes, whatever its entry says.
-            kind = entry.get("kind") if key[0] == "arrays" else None
+            kind = _kind(key, entry)
             if kind == "torch":
                 if dtype is torch.complex32:  # allocating it warns that the dtype is experimental; viewing does not
                     buf = torch.empty(entry["nbytes"], dtype=torch.uint8)
@@ -372,7 +371,7 @@ class Checkpoint:
         buffers = {}
         for key in keys:
             entry, _, plist = self._entry(*key)
-            as_tensor = entry.get("kind") == "torch"
+            as_tensor = _kind(key, entry) == "torch"
             if plist:
                 mapping, first = located[plist[0]]
                 if all(located[p][0] is mapping and located[p][1] == first + p.start for p in plist):
@@ -405,6 +404,12 @@ class Checkpoint:
         if entry["kind"] == "numpy":
             return buf
         return _relocate(buf, entry["device"], self.map_location)
+
+
+def _kind(key, entry):
+    """"torch" or "numpy" for an array (its kind is checked with the entry),
+    None for a pickled entry: bytes, whatever its entry claims."""
+    return entry.get("kind") if key[0] == "arrays" else None
 
 
 def _by_file(parts):
