@@ -32,7 +32,9 @@ byte of each page of the result (safetensors maps the file and reads lazily, so
 it pays its reads there). The repeats are interleaved (fio and every method
 once per round, the methods' order rotated each round), so a busy moment of a
 shared machine hits them alike; each cell gives the median and the best of
---repeats rounds.
+--repeats rounds. A second table gives each load's CPU time (every thread of
+the process) and page faults: a slow load that worked (copied, checksummed,
+faulted memory in) shows its CPU time grow with it; one that waited does not.
 
 Measured separately, on the large workload:
   split        a warm load(mmap=True) taken apart: the load alone (it maps the
@@ -62,6 +64,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -289,10 +292,16 @@ def run_method_once(method, state, workdir, like, out):
     out.setdefault("save_returned", []).append((returned or t1) - t0)
     drop_cache(path)
     for key in ("load_cold", "load_warm"):
-        t0 = time.perf_counter()
+        u0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         loaded = method.load(path, like)
         touch(loaded)
         out.setdefault(key, []).append(time.perf_counter() - t0)
+        u1 = resource.getrusage(resource.RUSAGE_SELF)
+        # CPU (every thread of this process) and page faults of the load, to
+        # tell a slow load that waited from one that worked (e.g. faulting in
+        # fresh memory).
+        out.setdefault(key + "_cpu", []).append(u1.ru_utime + u1.ru_stime - u0.ru_utime - u0.ru_stime)
+        out.setdefault(key + "_faults", []).append(u1.ru_minflt + u1.ru_majflt - u0.ru_minflt - u0.ru_majflt)
         del loaded
     out["bytes_on_disk"] = [disk_usage(path)]
     remove(path)
@@ -508,6 +517,15 @@ def main():
             print(fmt_row("fio (ceiling)", fio, nbytes, fio))
         for m in methods:
             print(fmt_row(m.name, runs[m.name], nbytes, fio), flush=True)
+        print("\n| method | cold load | its CPU time (all threads) | its page faults | warm load | its CPU time | its page faults |")
+        print("|---|---|---|---|---|---|---|")
+        for m in methods:
+            r = runs[m.name]
+            cells = [f"{statistics.median(r[k]):.3f} s" for k in ("load_cold", "load_cold_cpu")]
+            cells.append(f"{statistics.median(r['load_cold_faults']):,.0f}")
+            cells += [f"{statistics.median(r[k]):.3f} s" for k in ("load_warm", "load_warm_cpu")]
+            cells.append(f"{statistics.median(r['load_warm_faults']):,.0f}")
+            print(f"| {m.name} | " + " | ".join(cells) + " |", flush=True)
         sync = statistics.median(runs["ffrecord"]["save_durable"]) if "ffrecord" in runs else None
         big = nbytes >= 100 << 20
         if big:
