@@ -520,11 +520,10 @@ def main():
         print("\n| method | cold load | its CPU time (all threads) | its page faults | warm load | its CPU time | its page faults |")
         print("|---|---|---|---|---|---|---|")
         for m in methods:
-            r = runs[m.name]
-            cells = [f"{statistics.median(r[k]):.3f} s" for k in ("load_cold", "load_cold_cpu")]
-            cells.append(f"{statistics.median(r['load_cold_faults']):,.0f}")
-            cells += [f"{statistics.median(r[k]):.3f} s" for k in ("load_warm", "load_warm_cpu")]
-            cells.append(f"{statistics.median(r['load_warm_faults']):,.0f}")
+            r = {k: statistics.median(v) for k, v in runs[m.name].items()}
+            cells = []
+            for kind in ("cold", "warm"):
+                cells += [f"{r[f'load_{kind}']:.3f} s", f"{r[f'load_{kind}_cpu']:.3f} s", f"{r[f'load_{kind}_faults']:,.0f}"]
             print(f"| {m.name} | " + " | ".join(cells) + " |", flush=True)
         sync = statistics.median(runs["ffrecord"]["save_durable"]) if "ffrecord" in runs else None
         big = nbytes >= 100 << 20
