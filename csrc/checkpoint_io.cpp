@@ -443,12 +443,18 @@ void advise_access(const uint8_t* map, uint64_t size, bool cached) {
 
 uint64_t file_begin(const Task& t, const uint64_t* at) { return t.piece ? at[t.first] + t.begin : t.begin; }
 
+// Whether every page of bytes [offset, offset + length) is in the page cache
+// (mincore; reads nothing). False when it cannot be asked.
+bool span_cached(RecordFile& file, uint64_t offset, uint64_t length) {
+  uint64_t pages, missing;
+  return file.count_missing_pages(offset, length, &pages, &missing) && missing == 0;
+}
+
 // Whether every page between the first task and the end of the last is cached.
 bool all_cached(RecordFile& file, const std::vector<Task>& tasks, const uint64_t* at) {
   if (tasks.empty()) return true;
   const uint64_t lo = file_begin(tasks.front(), at), hi = file_begin(tasks.back(), at) + tasks.back().size;
-  uint64_t pages, missing;
-  return file.count_missing_pages(lo, hi - lo, &pages, &missing) && missing == 0;
+  return span_cached(file, lo, hi - lo);
 }
 
 // The first part, in order, whose bytes do not match: runs say so
@@ -654,11 +660,6 @@ void CheckpointFileReader::pread_all(uint8_t* dst, uint64_t length, uint64_t off
   }
 }
 
-bool CheckpointFileReader::cached(uint64_t offset, uint64_t length) {
-  if (!length) return false;
-  uint64_t pages, missing;
-  return file_->count_missing_pages(offset, length, &pages, &missing) && missing == 0;
-}
 
 uint64_t CheckpointFileReader::read_direct(uint8_t* dst, uint64_t length, uint64_t offset, Bounce& bounce) {
   const uint64_t a = direct_align_;
@@ -686,9 +687,10 @@ uint64_t CheckpointFileReader::read_direct(uint8_t* dst, uint64_t length, uint64
   return got;
 }
 
-void CheckpointFileReader::read_span(uint8_t* dst, uint64_t length, uint64_t offset, Bounce& bounce) {
+void CheckpointFileReader::read_span(uint8_t* dst, uint64_t length, uint64_t offset, bool in_cache,
+                                     Bounce& bounce) {
   uint64_t got = 0;
-  if (direct_.load(std::memory_order_relaxed) && !cached(offset, length))
+  if (direct_.load(std::memory_order_relaxed) && !in_cache)
     got = read_direct(dst, length, offset, bounce);
   if (got < length) pread_all(dst + got, length - got, offset + got);
 }
@@ -730,15 +732,15 @@ int64_t CheckpointFileReader::read_verified(const ReadPart* parts, size_t n) {
     return [&, run = std::vector<uint8_t>(), bounce = std::make_unique<Bounce>()](Task& task) mutable {
       if (task.piece) {
         uint8_t* dst = parts[task.first].dst + task.begin;
-        uint64_t pages, missing;  // cold pieces are left to the read: prefaulting delays it
-        if (file_->count_missing_pages(at[task.first] + task.begin, task.size, &pages, &missing) && missing == 0)
-          prefault_for_write(dst, task.size);
-        read_span(dst, task.size, at[task.first] + task.begin, *bounce);
+        const uint64_t offset = at[task.first] + task.begin;
+        const bool in_cache = span_cached(*file_, offset, task.size);
+        if (in_cache) prefault_for_write(dst, task.size);  // cold pieces are left to the read: prefaulting delays it
+        read_span(dst, task.size, offset, in_cache, *bounce);
         task.crc = crc32c(dst, task.size);  // still in cache
         return;
       }
       if (run.size() < task.size) run.resize(task.size);
-      read_span(run.data(), task.size, task.begin, *bounce);
+      read_span(run.data(), task.size, task.begin, span_cached(*file_, task.begin, task.size), *bounce);
       for (size_t k = task.first; k <= task.last; ++k) {
         const uint8_t* src = run.data() + (at[k] - task.begin);
         if (crc32c(src, parts[k].length) != parts[k].crc) {

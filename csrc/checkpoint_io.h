@@ -230,8 +230,8 @@ class CheckpointFileReader {
   struct Bounce;  // a thread's aligned O_DIRECT buffer
   std::vector<uint64_t> part_offsets(const ReadPart* parts, size_t n) const;  // checked file offsets
   void pread_all(uint8_t* dst, uint64_t length, uint64_t offset);
-  void read_span(uint8_t* dst, uint64_t length, uint64_t offset, Bounce& bounce);
-  bool cached(uint64_t offset, uint64_t length);
+  // in_cache: every page of the span is cached (then read with pread, not O_DIRECT).
+  void read_span(uint8_t* dst, uint64_t length, uint64_t offset, bool in_cache, Bounce& bounce);
   uint64_t read_direct(uint8_t* dst, uint64_t length, uint64_t offset, Bounce& bounce);
 
   std::string path_;
