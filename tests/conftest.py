@@ -7,7 +7,7 @@ import pytest
 from engines import ENGINES, engine  # noqa: F401  (shared with benchmarks/)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-GOLDEN_V1 = os.path.join(HERE, "..", "..", "shared", "testdata", "v1")
+GOLDEN_V1 = os.path.join(HERE, "data", "v1")  # written by the original FFRecord 1.4.0
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from ffrecord._core import crc32c
 from ffrecord.cli import main
 from ffrecord.tools.records import decode_labeled, decode_parts, encode_labeled, encode_parts
 
-GOLDEN_V1 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "testdata", "v1")
+GOLDEN_V1 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "v1")
 
 
 def cli(*args):

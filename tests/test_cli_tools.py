@@ -23,7 +23,7 @@ from ffrecord.tools.sizes import parse_size
 from ffrecord.tools.errors import UsageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GOLDEN_V1 = os.path.join(REPO, "..", "shared", "testdata", "v1")
+GOLDEN_V1 = os.path.join(REPO, "tests", "data", "v1")
 
 
 def cli(*args):

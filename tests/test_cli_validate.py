@@ -16,7 +16,7 @@ import ffrecord
 from ffrecord.cli import main
 from ffrecord.tools.validate import validate
 
-GOLDEN_V1 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "testdata", "v1")
+GOLDEN_V1 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "v1")
 
 
 def cli(*args):
