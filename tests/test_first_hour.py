@@ -71,6 +71,29 @@ def run_cli(*args, stdout=subprocess.PIPE):
                           stderr=subprocess.PIPE, cwd=os.path.dirname(HERE))
 
 
+# ---- files that are not record files ----------------------------------------------
+def test_a_json_file_is_not_a_record_file_without_absurd_details(image_dataset):
+    ds_dir, _ = image_dataset
+    with pytest.raises(ffrecord.FormatError) as e:
+        ffrecord.FileReader(ds_dir / "index.json")
+    text = str(e.value)
+    assert str(ds_dir / "index.json") in text and "not a record file" in text
+    assert "neither the v2 magic nor a consistent v1 header" in text
+    assert "record count" not in text
+
+
+def test_a_truncated_v1_file_still_gets_a_precise_message(tmp_path):
+    src = os.path.join(GOLDEN_V1, "small.ffr")
+    n = ffrecord.FileReader(src).n
+    cut = tmp_path / "cut.ffr"
+    cut.write_bytes(open(src, "rb").read()[:12 + n * 6])  # half of its index
+    with pytest.raises(ffrecord.FormatError) as e:
+        ffrecord.FileReader(cut)
+    text = str(e.value)
+    assert str(cut) in text and "truncated v1 file" in text
+    assert f"counts {n} records" in text and f"has {12 + n * 6}" in text
+
+
 # ---- FileWriter(n) refuses the record beyond n at once ------------------------------
 def test_writer_refuses_records_beyond_n_and_keeps_the_file(tmp_path):
     path = tmp_path / "one.ffr"
