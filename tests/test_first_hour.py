@@ -71,6 +71,56 @@ def run_cli(*args, stdout=subprocess.PIPE):
                           stderr=subprocess.PIPE, cwd=os.path.dirname(HERE))
 
 
+# ---- cat --part ----------------------------------------------------------------
+def test_cat_part_picks_image_or_label(image_dataset, tar_dataset, npy_dataset, capsysbinary):
+    ds_dir, items = image_dataset
+    assert main(["cat", str(ds_dir), "4", "--part", "image"]) == 0
+    assert capsysbinary.readouterr().out == items[4][0]
+    assert main(["cat", str(ds_dir), "4", "--part", "label"]) == 0
+    assert capsysbinary.readouterr().out == b"1\n"
+    assert main(["cat", str(tar_dataset), "1", "--part", "cls"]) == 0
+    assert capsysbinary.readouterr().out == b"6"
+    # A part the record lacks, or a dataset whose records have no parts: usage errors.
+    assert main(["cat", str(tar_dataset), "1", "--part", "jpg"]) == 2
+    err = capsysbinary.readouterr().err.decode()
+    assert "no part 'jpg'" in err and "'png'" in err
+    assert main(["cat", str(npy_dataset[0]), "0", "--part", "image"]) == 2
+    assert "--part needs a layout with parts" in capsysbinary.readouterr().err.decode()
+
+
+# ---- a closed stdout -------------------------------------------------------------
+@pytest.mark.parametrize("command", ["info", "cat", "validate", "bench"])
+def test_writing_into_a_closed_pipe_exits_quietly(image_dataset, command):
+    ds_dir, _ = image_dataset
+    args = {"info": ["info", ds_dir], "cat": ["cat", ds_dir, "0"], "validate": ["validate", ds_dir],
+            "bench": ["bench", ds_dir, "--seconds", "0.05", "--batch-size", "2"]}[command]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte, as after `| head` quits
+    try:
+        res = run_cli(*args, stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert res.returncode == 141  # as a program killed by SIGPIPE
+    assert res.stderr == b""
+
+
+# ---- one exit-code convention ----------------------------------------------------
+@pytest.mark.parametrize("command", ["info", "validate", "bench", "cat"])
+def test_a_directory_without_record_files_is_a_usage_error_everywhere(tmp_path, command, capsys):
+    (tmp_path / "notes.txt").write_text("hello")
+    args = [command, str(tmp_path)] + (["0"] if command == "cat" else [])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no .ffr files" in err and str(tmp_path) in err
+
+
+def test_an_empty_dataset_is_a_data_problem_for_bench(tmp_path, capsys):
+    with ffrecord.FileWriter(tmp_path / "empty.ffr"):
+        pass
+    assert main(["bench", str(tmp_path / "empty.ffr"), "--seconds", "0.01"]) == 1
+    assert "no records" in capsys.readouterr().err
+
+
 # ---- files that are not record files ----------------------------------------------
 def test_a_json_file_is_not_a_record_file_without_absurd_details(image_dataset):
     ds_dir, _ = image_dataset
@@ -119,3 +169,35 @@ def test_writer_batch_beyond_n_is_refused_whole(tmp_path):
         w.write_batch(iter([b"c"]))
     with ffrecord.FileReader(path) as r:
         assert [x.tobytes() for x in r.read(range(3))] == [b"a", b"b", b"c"]
+
+
+# ---- summaries say which bytes they count --------------------------------------------
+def test_convert_and_validate_summaries_name_their_bytes(tmp_path, capsys):
+    src = tmp_path / "files"
+    src.mkdir()
+    for k in range(4):
+        (src / f"{k}.bin").write_bytes(bytes(1000))
+    assert main(["convert", str(src), str(tmp_path / "ds"), "--from", "folder"]) == 0
+    out = capsys.readouterr().out
+    # 4000 source bytes read; the shard file holds them plus index, keys and footer.
+    m = re.search(r"read (\S+ \S+) of source records, shard files hold (\S+ \S+);", out)
+    assert m is not None, out
+    assert m.group(1) == "3.9 KiB"
+    shard = [p for p in os.listdir(tmp_path / "ds") if p.endswith(".ffr")][0]
+    assert m.group(2) == ffrecord.tools.sizes.format_size(os.path.getsize(tmp_path / "ds" / shard))
+
+    assert main(["validate", str(tmp_path / "ds")]) == 0
+    out = capsys.readouterr().out
+    size = os.path.getsize(tmp_path / "ds" / shard)
+    fmt = ffrecord.tools.sizes.format_size
+    # Records and the whole-file CRC32C pass both count, as in the progress bar's total.
+    assert f"read {fmt(4000 + size)} ({fmt(4000)} of records + {fmt(size)} whole-file CRC32C)" in out, out
+    assert "MB/s" not in out
+
+
+def test_validate_summary_without_shard_crc_counts_records_only(tmp_path, capsys):
+    path = tmp_path / "x.ffr"
+    with ffrecord.FileWriter(path) as w:
+        w.write_batch([bytes(100)] * 3)
+    assert main(["validate", str(path)]) == 0
+    assert "read 300 B (300 B of records) in" in capsys.readouterr().out
