@@ -71,6 +71,43 @@ def run_cli(*args, stdout=subprocess.PIPE):
                           stderr=subprocess.PIPE, cwd=os.path.dirname(HERE))
 
 
+# ---- decoding follows the recorded layout ---------------------------------------
+def test_pil_on_a_converted_image_folder_gives_image_and_label(image_dataset):
+    ds_dir, items = image_dataset
+    ds = RecordDataset(ds_dir, decode="pil")
+    batch = ds.__getitems__([0, 4])
+    for (image, label), k in zip(batch, [0, 4]):
+        assert label == items[k][1]
+        assert image.size == (6, 5)
+        assert np.asarray(image)[0, 0, 0] == np.asarray(Image.open(io.BytesIO(items[k][0])))[0, 0, 0]
+    data, label = RecordDataset(ds_dir, decode="bytes")[5]
+    assert (data, label) == items[5]
+    # A decoder that does not fit the layout is refused up front, naming those that do.
+    with pytest.raises(ValueError, match=r"decode='json' does not fit.*'pil'"):
+        RecordDataset(ds_dir, decode="json")
+
+
+def test_pil_on_a_converted_webdataset_tar_gives_image_and_cls(tar_dataset):
+    ds = RecordDataset(tar_dataset, decode="pil")
+    image, label = ds[2]
+    assert label == 7 and image.size == (6, 5)
+    assert set(RecordDataset(tar_dataset, decode="parts")[0]) == {"png", "cls"}
+    with pytest.raises(ValueError, match=r"'parts'"):
+        RecordDataset(tar_dataset, decode="npy")
+
+
+def test_npy_on_converted_rows_uses_the_recorded_dtype_and_shape(npy_dataset):
+    ds_dir, arr = npy_dataset
+    ds = RecordDataset(ds_dir, decode="npy")
+    row = ds[3]
+    assert row.dtype == np.float32 and row.shape == (3, 4)
+    np.testing.assert_array_equal(row, arr[3])
+    row[0, 0] = -1  # a writable copy, not a view of the reader's buffer
+    # The layout decoders on data that has no layout: a clear refusal.
+    with pytest.raises(ValueError, match="needs records in the labeled layout"):
+        RecordDataset(ds_dir, decode="labeled")
+
+
 # ---- cat --part ----------------------------------------------------------------
 def test_cat_part_picks_image_or_label(image_dataset, tar_dataset, npy_dataset, capsysbinary):
     ds_dir, items = image_dataset
