@@ -23,7 +23,7 @@ from .writer import FileWriter
 
 __all__ = ["pack_folder", "PackedFolder"]
 
-_V1_MAGIC = b"piouhjgbr"
+V1_MAGIC = b"piouhjgbr"  # starts the tree record of a folder packed by the original (v1)
 _META_KEY = "ffrecord.packed_folder"
 _EMPTY_DIRS_KEY = "ffrecord.packed_folder.empty_dirs"
 
@@ -126,10 +126,10 @@ class PackedFolder:
         if self.reader.n == 0:
             raise FormatError(f"{ffr_file}: not a packed folder (no records)")
         meta = self.reader.read_one(self.reader.n - 1).tobytes()
-        if not meta.startswith(_V1_MAGIC):
+        if not meta.startswith(V1_MAGIC):
             raise FormatError(f"{ffr_file}: not a packed folder")
         try:
-            tree = _TreeUnpickler(io.BytesIO(meta[len(_V1_MAGIC):])).load()
+            tree = _TreeUnpickler(io.BytesIO(meta[len(V1_MAGIC):])).load()
         except Exception as e:
             raise FormatError(f"{ffr_file}: unreadable packed-folder tree: {e}") from None
         if not isinstance(tree, dict):

@@ -31,6 +31,7 @@ def test_the_original_module_names_import():
     assert ffrecord.fileio.checkFsAlign is ffrecord.checkFsAlign
     assert ffrecord.package.pack_folder is ffrecord.pack_folder
     assert ffrecord.package.PackedFolder is ffrecord.PackedFolder
+    assert ffrecord.package.MAGIC_BYTES == b"piouhjgbr"
     assert ffrecord.utils.dump is not None
     for name in ("FileReader", "FileWriter", "PackedFolder", "checkFsAlign", "pack_folder"):
         assert name in ffrecord.__all__

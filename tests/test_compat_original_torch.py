@@ -165,6 +165,14 @@ def test_generator_as_the_twelfth_positional_argument(path):
     assert batches(ours) == batches(TorchDataLoader(ds, batch_size=3, shuffle=True, generator=seeded()))
 
 
+def test_prefetch_factor_without_workers_is_ignored(path):
+    loader = fft.DataLoader(IndexDataset(path), batch_size=8, prefetch_factor=2)
+    assert loader.prefetch_factor is None
+    assert [i for b in loader for i in b.tolist()] == list(range(N))
+    with pytest.raises(ValueError):  # with workers torch's own checks still apply
+        fft.DataLoader(IndexDataset(path), batch_size=8, num_workers=1, prefetch_factor=-1)
+
+
 def test_seed_keeps_the_elastic_sampler(path):
     ds = IndexDataset(path)
     with_gen = fft.DataLoader(ds, batch_size=3, shuffle=True, generator=seeded(), seed=9)

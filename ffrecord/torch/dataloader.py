@@ -201,6 +201,8 @@ class DataLoader(torch.utils.data.DataLoader):
     * The original loader took ``generator`` as its twelfth positional
       argument, where torch has ``multiprocessing_context``: a
       ``torch.Generator`` passed there is taken as the generator.
+    * ``prefetch_factor`` is ignored without workers (torch refuses it; the
+      original loader passed it).
     * ``in_order=False`` is refused: counting consumed batches needs order.
     """
 
@@ -212,6 +214,8 @@ class DataLoader(torch.utils.data.DataLoader):
             raise ValueError("ffrecord.torch.DataLoader needs in_order=True to know which batches were consumed")
         if isinstance(multiprocessing_context, torch.Generator) and generator is None:
             generator, multiprocessing_context = multiprocessing_context, None
+        if not num_workers:
+            prefetch_factor = None  # meaningless without workers; the original loader passed 2 regardless
         auto_epoch = False
         map_style = not isinstance(dataset, torch.utils.data.IterableDataset)
         torch_order = generator is not None and seed is None  # the order torch's loader gives
