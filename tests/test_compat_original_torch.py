@@ -181,3 +181,38 @@ def test_seed_keeps_the_elastic_sampler(path):
     assert batches(with_gen) == batches(without)
     torch_order = fft.DataLoader(ds, batch_size=3, shuffle=True, generator=seeded())
     assert isinstance(torch_order.sampler, torch.utils.data.RandomSampler)
+
+
+class OwnReader(fft.Dataset):
+    """The original examples' pattern: the subclass opens its reader and reads a
+    batch in __getitem__."""
+
+    def __init__(self, path):
+        self.reader = ffrecord.FileReader(path, check_data=True)
+
+    def __len__(self):
+        return self.reader.n
+
+    def __getitem__(self, indices):
+        return [records.index_of(d) for d in self.reader.read(indices)]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_set_step_resume_with_torchs_distributed_sampler(path, num_workers):
+    # The original examples resumed an epoch with set_epoch(epoch) then set_step(step).
+    def loader():
+        ds = OwnReader(path)
+        sampler = torch.utils.data.DistributedSampler(ds, num_replicas=2, rank=1, seed=3)
+        return sampler, fft.DataLoader(ds, 3, sampler=sampler, num_workers=num_workers)
+
+    sampler, reference = loader()
+    sampler.set_epoch(4)
+    full = batches(reference)
+    assert len(full) == 7
+    sampler, resumed = loader()
+    sampler.set_epoch(4)
+    resumed.set_step(5)
+    assert batches(resumed) == full[5:]
+    resumed.set_step(0)
+    sampler.set_epoch(5)
+    assert sorted(i for b in batches(resumed) for i in b) != sorted(i for b in full for i in b)
