@@ -4,6 +4,8 @@ FFRecord package's ``ffrecord.utils.dump`` did (same arguments, same names)."""
 import multiprocessing
 import os
 import pickle
+import signal
+import sys
 import traceback
 import warnings
 from pathlib import Path
@@ -72,28 +74,36 @@ def _write_parts_forked(dataset, parts, verbose):
     ctx = multiprocessing.get_context("fork")
     for first in range(0, len(parts), _MAX_PROCESSES):
         running = []
-        for start, count, path in parts[first:first + _MAX_PROCESSES]:
-            receiver, sender = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_part_process, args=(sender, dataset, start, count, path, verbose))
-            proc.start()
-            sender.close()
-            running.append((proc, receiver, path))
-        errors = []
-        for proc, receiver, path in running:
-            try:
-                outcome = receiver.recv()
-            except EOFError:  # the process died before it could report
-                outcome = None
-            proc.join()
-            receiver.close()
-            if outcome == "ok" and proc.exitcode == 0:
-                continue
-            errors.append(_part_error(outcome, proc.exitcode, path))
-        if errors:
-            raise errors[0]
+        try:
+            for start, count, path in parts[first:first + _MAX_PROCESSES]:
+                receiver, sender = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_part_process, args=(sender, dataset, start, count, path, verbose))
+                proc.start()
+                sender.close()
+                running.append((proc, receiver, path))
+            errors = []
+            for proc, receiver, path in running:
+                try:
+                    outcome = receiver.recv()
+                except EOFError:  # the process died before it could report
+                    outcome = None
+                proc.join()
+                if outcome != "ok" or proc.exitcode != 0:
+                    errors.append(_part_error(outcome, proc.exitcode, path))
+            if errors:
+                raise errors[0]
+        finally:
+            # Interrupted here: stop the writers still running (each discards its file).
+            for proc, receiver, _ in running:
+                if proc.is_alive():
+                    proc.terminate()
+                proc.join()
+                receiver.close()
 
 
 def _part_process(sender, dataset, start, count, path, verbose):
+    # terminate() by the parent unwinds the writer, which then removes its temporary file.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         _write_part(dataset, start, count, path, verbose)
         sender.send("ok")

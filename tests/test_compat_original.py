@@ -5,6 +5,8 @@ way PackedFolder lists a folder (docs/MIGRATING.md)."""
 import os
 import pickle
 import shutil
+import signal
+import time
 import zlib
 from pathlib import Path
 
@@ -133,6 +135,23 @@ def test_dump_failure_in_a_part_raises_it_and_leaves_no_parts(tmp_path):
     with pytest.raises(KeyError, match="sample 13 is missing"):
         ffrecord.utils.dump(Exploding(40, 13), out, 4)
     assert os.listdir(out) == []
+
+
+class InterruptsItsCaller(Exploding):
+    """Interrupts the process that called dump, then hangs, as a slow sample would."""
+
+    def __getitem__(self, i):
+        if i == self.bad:
+            os.kill(os.getppid(), signal.SIGINT)
+            time.sleep(60)
+        return b"%d" % i
+
+
+def test_dump_interrupted_stops_its_writers_and_leaves_nothing(tmp_path):
+    out = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        ffrecord.utils.dump(InterruptsItsCaller(40, 25), out, 4)
+    assert os.listdir(out) == []  # no part, and no writer's temporary file
 
 
 # ---- FileReader: fnames, check_data, validate, get_offsets, get_checksums ------
