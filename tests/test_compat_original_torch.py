@@ -216,3 +216,24 @@ def test_set_step_resume_with_torchs_distributed_sampler(path, num_workers):
     resumed.set_step(0)
     sampler.set_epoch(5)
     assert sorted(i for b in batches(resumed) for i in b) != sorted(i for b in full for i in b)
+
+
+def test_skipable_sampler_of_the_original(path):
+    from ffrecord.torch.dataloader import SkipableSampler
+
+    ds = IndexDataset(path)
+    batch_sampler = torch.utils.data.BatchSampler(
+        torch.utils.data.RandomSampler(ds, generator=seeded()), batch_size=4, drop_last=False)
+    full = list(batch_sampler)
+    batch_sampler.sampler.generator.manual_seed(12345)
+    skipping = SkipableSampler(batch_sampler)
+    skipping.set_step(3)
+    assert len(skipping) == len(full) - 3
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=skipping)
+    assert batches(loader) == full[3:]
+    skipping.set_step(0)
+    assert len(skipping) == len(full)
+    with pytest.raises(ValueError):
+        skipping.set_step(-1)
+    with pytest.raises(TypeError):
+        skipping.set_step("2")

@@ -24,6 +24,7 @@ How the position is restored
 
 import collections
 import inspect
+import itertools
 import multiprocessing
 import weakref
 
@@ -33,7 +34,7 @@ import torch.utils.data
 from .packed import packed_collate
 from .sampler import DistributedSampler
 
-__all__ = ["DataLoader"]
+__all__ = ["DataLoader", "SkipableSampler"]
 
 # torch < 2.6 has no in_order argument (and always delivers in order).
 _TORCH_HAS_IN_ORDER = "in_order" in inspect.signature(torch.utils.data.DataLoader.__init__).parameters
@@ -452,3 +453,29 @@ class DataLoader(torch.utils.data.DataLoader):
                 return run.total
         skip = plan.skip if plan is not None else self._step
         return max(0, len(inner) - skip)
+
+
+class SkipableSampler(torch.utils.data.Sampler):
+    """The original FFRecord loader's wrapper, for code that used it directly:
+    iterating it yields the items of ``sampler`` (usually a batch sampler)
+    after the first ``step`` ones, every time, until ``set_step(0)``. The
+    skipped items are still drawn from ``sampler``, so a random order is the
+    one an uninterrupted pass gives. (``DataLoader.set_step`` does not need it.)"""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+        self.step = 0
+
+    def __iter__(self):
+        # A generator, so nothing is drawn before the first item is asked for.
+        yield from itertools.islice(self.sampler, self.step, None)
+
+    def __len__(self):
+        return max(0, len(self.sampler) - self.step)
+
+    def set_step(self, step):
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise TypeError(f"step must be an int, not {type(step).__name__}")
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        self.step = step
