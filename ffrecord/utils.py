@@ -2,6 +2,7 @@
 FFRecord package's ``ffrecord.utils.dump`` did (same arguments, same names)."""
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
 import signal
@@ -30,8 +31,8 @@ def dump(dataset, fname, nfiles, verbose=False):
     order, so ``FileReader(fname)`` reads the dataset back; there are fewer
     files than ``nfiles`` (with a warning) when the records do not fill them
     all. Files are written by forked processes, up to 16 at a time, where the
-    platform forks. If any part fails, the parts written by this call are
-    removed and the first error is raised. ``verbose`` shows a progress bar
+    platform forks. If any part fails, the writers still running are stopped,
+    the parts written by this call are removed, and the error is raised. ``verbose`` shows a progress bar
     per file.
     """
     if isinstance(nfiles, bool) or not isinstance(nfiles, int):
@@ -73,28 +74,29 @@ def _write_part(dataset, start, count, path, verbose):
 def _write_parts_forked(dataset, parts, verbose):
     ctx = multiprocessing.get_context("fork")
     for first in range(0, len(parts), _MAX_PROCESSES):
-        running = []
+        running = {}  # receiving end of each process's pipe -> (process, path)
         try:
             for start, count, path in parts[first:first + _MAX_PROCESSES]:
                 receiver, sender = ctx.Pipe(duplex=False)
                 proc = ctx.Process(target=_part_process, args=(sender, dataset, start, count, path, verbose))
                 proc.start()
                 sender.close()
-                running.append((proc, receiver, path))
-            errors = []
-            for proc, receiver, path in running:
-                try:
-                    outcome = receiver.recv()
-                except EOFError:  # the process died before it could report
-                    outcome = None
-                proc.join()
-                if outcome != "ok" or proc.exitcode != 0:
-                    errors.append(_part_error(outcome, proc.exitcode, path))
-            if errors:
-                raise errors[0]
+                running[receiver] = (proc, path)
+            waiting = dict(running)
+            while waiting:
+                for receiver in multiprocessing.connection.wait(list(waiting)):
+                    proc, path = waiting.pop(receiver)
+                    try:
+                        outcome = receiver.recv()
+                    except EOFError:  # the process died before it could report
+                        outcome = None
+                    proc.join()
+                    if outcome != "ok" or proc.exitcode != 0:
+                        raise _part_error(outcome, proc.exitcode, path)
         finally:
-            # Interrupted here: stop the writers still running (each discards its file).
-            for proc, receiver, _ in running:
+            # After a failure or an interruption, stop the writers still running
+            # (each discards its temporary file) instead of waiting for them.
+            for receiver, (proc, _) in running.items():
                 if proc.is_alive():
                     proc.terminate()
                 proc.join()

@@ -5,7 +5,6 @@ way PackedFolder lists a folder (docs/MIGRATING.md)."""
 import os
 import pickle
 import shutil
-import signal
 import time
 import zlib
 from pathlib import Path
@@ -137,21 +136,26 @@ def test_dump_failure_in_a_part_raises_it_and_leaves_no_parts(tmp_path):
     assert os.listdir(out) == []
 
 
-class InterruptsItsCaller(Exploding):
-    """Interrupts the process that called dump, then hangs, as a slow sample would."""
+class FailsWhileAnotherHangs(Exploding):
+    """One part fails at once while another is stuck on a slow sample."""
+
+    def __init__(self, n, bad, slow, marker):
+        super().__init__(n, bad)
+        self.slow, self.marker = slow, marker
 
     def __getitem__(self, i):
-        if i == self.bad:
-            os.kill(os.getppid(), signal.SIGINT)
-            time.sleep(60)
-        return b"%d" % i
+        if i == self.slow:
+            time.sleep(30)
+            self.marker.write_bytes(b"the slow part went on")
+        return super().__getitem__(i)
 
 
-def test_dump_interrupted_stops_its_writers_and_leaves_nothing(tmp_path):
-    out = tmp_path / "interrupted"
-    with pytest.raises(KeyboardInterrupt):
-        ffrecord.utils.dump(InterruptsItsCaller(40, 25), out, 4)
+def test_dump_failure_stops_the_other_writers(tmp_path):
+    out, marker = tmp_path / "stopped", tmp_path / "marker"
+    with pytest.raises(KeyError, match="sample 35 is missing"):
+        ffrecord.utils.dump(FailsWhileAnotherHangs(40, 35, 5, marker), out, 4)
     assert os.listdir(out) == []  # no part, and no writer's temporary file
+    assert not marker.exists()  # the hanging writer was stopped, not waited for
 
 
 # ---- FileReader: fnames, check_data, validate, get_offsets, get_checksums ------
