@@ -72,6 +72,33 @@ def arrow_tag(name, arrow_type):
                       "cast it to a string, number or binary column first")
 
 
+def arrow_columns(schema):
+    """[(name, type tag)] for a pyarrow schema."""
+    return [(field.name, arrow_tag(field.name, field.type)) for field in schema]
+
+
+def arrow_rows(table):
+    """The rows of a pyarrow Table or RecordBatch as dicts of Python values."""
+    columns = {name: table.column(name).to_pylist() for name in table.schema.names}
+    for k in range(table.num_rows):
+        yield {name: values[k] for name, values in columns.items()}
+
+
+def arrow_type(tag):
+    """The pyarrow type that holds decoded values of ``tag`` (None: inferred, for JSON)."""
+    import pyarrow as pa
+
+    if tag in ("bytes", "bytes_field"):
+        return pa.binary()
+    if tag == "str":
+        return pa.string()
+    if tag == "bool":
+        return pa.bool_()
+    if tag == "json":
+        return None
+    return pa.from_numpy_dtype(np.dtype(tag))
+
+
 class RowEncoder:
     """Encodes rows (dicts of Python values) of one schema into (record, key)."""
 

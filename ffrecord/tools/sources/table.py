@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from ..columns import ColumnError, RowEncoder, arrow_tag
+from ..columns import ColumnError, RowEncoder, arrow_columns, arrow_rows
 from ..errors import ToolError, UsageError
 from .base import Inventory, Source
 
@@ -88,8 +88,7 @@ class TableSource(Source):
             raise ToolError(f"{path}: not a readable {self.kind} file: {e}") from None
 
     def _encoder_for(self, f, handle):
-        columns = [(field.name, arrow_tag(field.name, field.type)) for field in self.schema(handle)]
-        return RowEncoder(columns, key=self.key_column)
+        return RowEncoder(arrow_columns(self.schema(handle)), key=self.key_column)
 
     def _prepare(self):
         """Reads the schemas and chunk sizes of every file (metadata only)."""
@@ -160,10 +159,7 @@ class TableSource(Source):
             if table.num_rows != rows:
                 raise ToolError(f"{self.files[f]}: a chunk holds {table.num_rows} rows where the scan found {rows} "
                                 "(the source changed)")
-            table = table.slice(skip, take)
-            columns = {name: table.column(name).to_pylist() for name in table.schema.names}
-            for k in range(take):
-                row = {name: values[k] for name, values in columns.items()}
+            for k, row in enumerate(arrow_rows(table.slice(skip, take))):
                 try:
                     yield self._encoder.encode(row)
                 except ColumnError as e:
