@@ -1,7 +1,8 @@
 """Ray Data: read a dataset directory as a ``ray.data.Dataset``, and write one.
 
 ``read_ffrecord(path)`` splits the records into read tasks by shard and record
-range; each task decodes its records into columns (see ``record_columns``).
+range; each task decodes its records into columns
+(``ffrecord.tools.columns.record_columns``).
 ``write_ffrecord(ds, dst)`` (or ``ds.write_datasink(FFRecordDatasink(dst))``)
 writes the same dataset directory that ``ffrecord convert --from parquet``
 makes of the same rows: write tasks stage their shards, the driver commits
@@ -18,46 +19,13 @@ from ray.data import Datasink, Datasource, ReadTask
 from ray.data.block import BlockAccessor, BlockMetadata
 
 from .reader import FileReader
-from .tools.columns import COLUMNS_KEY, arrow_columns, arrow_rows, arrow_type, decode_row
-from .tools.records import LABELED, LAYOUT_KEY, PARTS, decode_labeled, decode_parts
+from .tools.columns import COLUMNS_KEY, arrow_columns, arrow_rows, arrow_type, record_columns
 from .tools.staged import StagedDataset
 
-__all__ = ["read_ffrecord", "write_ffrecord", "FFRecordDatasource", "FFRecordDatasink", "record_columns"]
+__all__ = ["read_ffrecord", "write_ffrecord", "FFRecordDatasource", "FFRecordDatasink"]
 
 _BLOCK_BYTES = 64 << 20
 _BATCH_RECORDS = 1024
-
-
-def record_columns(metadata, has_keys):
-    """How records of a dataset with ``metadata`` become columns: a function
-    ``(record bytes, key) -> dict``. Rows written from a table get their columns
-    back (the key column under its own name); ``parts`` records one binary column
-    per part; ``labeled`` records ``data`` and ``label``; other records ``data``.
-    Keys, when the dataset has them and no key column is named, go to ``key``."""
-    meta = metadata if isinstance(metadata, dict) else {}
-    spec = meta.get(COLUMNS_KEY)
-    key_name = (spec or {}).get("key") or "key"
-    layout = meta.get(LAYOUT_KEY)
-    if spec:
-        def values(record):
-            return decode_row(record, meta)
-    elif layout == PARTS:
-        def values(record):
-            return {name: part.tobytes() for name, part in decode_parts(record).items()}
-    elif layout == LABELED:
-        def values(record):
-            data, label = decode_labeled(record)
-            return {"data": data.tobytes(), "label": label}
-    else:
-        def values(record):
-            return {"data": bytes(record)}
-
-    def row(record, key):
-        out = {key_name: key} if has_keys else {}
-        out.update(values(record))
-        return out
-
-    return row
 
 
 def _schema_types(metadata, has_keys):
@@ -150,7 +118,7 @@ class FFRecordDatasource(Datasource):
 
 def read_ffrecord(path, *, override_num_blocks=None, **read_args):
     """A ``ray.data.Dataset`` of the records at ``path`` (a dataset directory, a
-    ``.ffr`` file, or a list of them), decoded into columns (``record_columns``).
+    ``.ffr`` file, or a list of them), decoded into columns (``tools.columns.record_columns``).
     ``override_num_blocks`` fixes the number of read tasks; by default Ray picks
     it from the cluster's CPUs and the data size. ``read_args`` go to
     ``ray.data.read_datasource`` (e.g. ``num_cpus``, ``concurrency``)."""
@@ -172,6 +140,7 @@ class FFRecordDatasink(Datasink):
 
     def on_write_start(self, schema=None):
         self._schema = schema
+        self.staged.begin()
 
     def write(self, blocks, ctx):
         tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]

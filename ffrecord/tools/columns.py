@@ -31,7 +31,7 @@ import json
 
 import numpy as np
 
-from .records import LAYOUT_KEY, PARTS, decode_parts, encode_parts
+from .records import LABELED, LAYOUT_KEY, PARTS, decode_labeled, decode_parts, encode_parts
 
 COLUMN = "column"
 COLUMNS_KEY = "ffrecord.columns"
@@ -223,3 +223,35 @@ def _plain(value):
     if isinstance(value, (bytes, bytearray, memoryview)):
         raise TypeError("binary values inside a nested column")
     return value
+
+
+def record_columns(metadata, has_keys):
+    """How records of a dataset with ``metadata`` become columns: a function
+    ``(record bytes, key) -> dict``. Rows written from a table get their columns
+    back (the key column under its own name); ``parts`` records one binary column
+    per part; ``labeled`` records ``data`` and ``label``; other records ``data``.
+    Keys, when the dataset has them and no key column is named, go to ``key``."""
+    meta = metadata if isinstance(metadata, dict) else {}
+    spec = meta.get(COLUMNS_KEY)
+    key_name = (spec or {}).get("key") or "key"
+    layout = meta.get(LAYOUT_KEY)
+    if spec:
+        def values(record):
+            return decode_row(record, meta)
+    elif layout == PARTS:
+        def values(record):
+            return {name: part.tobytes() for name, part in decode_parts(record).items()}
+    elif layout == LABELED:
+        def values(record):
+            data, label = decode_labeled(record)
+            return {"data": data.tobytes(), "label": label}
+    else:
+        def values(record):
+            return {"data": bytes(record)}
+
+    def row(record, key):
+        out = {key_name: key} if has_keys else {}
+        out.update(values(record))
+        return out
+
+    return row

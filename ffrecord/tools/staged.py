@@ -3,9 +3,9 @@
 This is how engines with their own schedulers (Ray, Spark) produce the same
 dataset directory as ``ffrecord convert``:
 
-1. The driver creates a ``StagedDataset`` for DST. Nothing is created under
-   DST's name: the work happens in a hidden sibling staging directory
-   ``.<DST name>.ffrecord-staging-<id>``.
+1. The driver creates a ``StagedDataset`` for DST and calls ``begin()``.
+   Nothing is created under DST's name: the work happens in a hidden sibling
+   staging directory ``.<DST name>.ffrecord-staging-<id>``.
 2. Each task calls ``write_part(task, columns, rows)`` on a copy of it. The task's rows
    become shards of at most ``records_per_shard`` records or ``shard_size``
    bytes, written as ``part-<task>-<attempt>-<n>.ffr`` (each through a
@@ -69,6 +69,11 @@ class StagedDataset:
             raise ValueError(f"{parent}: no such directory (the parent of the output)")
         self.staging = os.path.join(parent, f".{name}{STAGING_MARK}{uuid.uuid4().hex[:16]}")
 
+    def begin(self):
+        """Creates the staging directory (the driver, before the tasks run). Tasks do not
+        create it, so an attempt still running after the commit or abort fails harmlessly."""
+        os.makedirs(self.staging, exist_ok=True)
+
     # ---- tasks --------------------------------------------------------------
     def encoder(self, columns):
         """The row encoder for ``columns`` ([(name, type tag)], see ``columns.arrow_tag``)."""
@@ -84,7 +89,8 @@ class StagedDataset:
         """Writes the rows (mappings of column -> value) of task number ``task``;
         returns the part's description for ``commit``."""
         encoder = self.encoder(columns)
-        os.makedirs(self.staging, exist_ok=True)
+        if not os.path.isdir(self.staging):
+            raise FileNotFoundError(f"{self.dst}: the staging directory is gone (the job was committed or aborted)")
         attempt = uuid.uuid4().hex[:12]
         files, writer, path = [], None, None
         count = raw = 0
