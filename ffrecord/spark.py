@@ -124,7 +124,7 @@ def _read_range(path, names, json_columns):
                     row = to_row(record, r.key(i + k) if has_keys else None)
                     for n in json_columns:  # JSON columns are read as their JSON text
                         if row.get(n) is not None:
-                            row[n] = json.dumps(row[n], separators=(",", ":"), ensure_ascii=False)
+                            row[n] = json.dumps(row[n], separators=(",", ":"), ensure_ascii=False, sort_keys=True)
                     yield tuple(row.get(n) for n in names)
 
     return run

@@ -78,6 +78,27 @@ def test_parquet_rows_become_parts_records_keyed_by_a_column(tmp_path):
         assert got["score"] == pytest.approx(row["score"])
 
 
+def test_record_dataset_decodes_rows_with_the_manifest_metadata(tmp_path):
+    torch_dataset = pytest.importorskip("ffrecord.torch")
+    import functools
+
+    table = sample_table(50, seed=4)
+    pq.write_table(table, tmp_path / "t.parquet")
+    dst = tmp_path / "out"
+    assert cli("convert", tmp_path / "t.parquet", dst, "--key-column", "id", "-q") == 0
+    meta = json.load(open(dst / "index.json"))["metadata"]
+    ds = torch_dataset.RecordDataset(dst, decode=functools.partial(decode_row, metadata=meta))
+    rows = table.to_pylist()
+    for i in (0, 7, 49):
+        got = ds[i]
+        assert got["image"] == rows[i]["image"] and got["caption"] == rows[i]["caption"]
+        assert got["tags"] == rows[i]["tags"] and "id" not in got
+    with pytest.raises(ValueError, match="not a parts record"):
+        decode_row(b"\x05\x00", meta)
+    with pytest.raises(ValueError, match="describes no columns"):
+        decode_row(b"", {})
+
+
 def test_a_single_value_column_is_stored_as_its_bytes(tmp_path):
     rng = np.random.default_rng(3)
     blobs = [rng.bytes(int(rng.integers(1, 2000))) for _ in range(120)]

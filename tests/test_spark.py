@@ -53,6 +53,8 @@ def rows_table(n=ROWS, seed=0):
         "label": pa.array(rng.integers(0, 10, n), pa.int64()),
         "caption": [None if i % 11 == 0 else f"caption {i}" for i in range(n)],
         "tags": [[f"t{i % 3}", "x"] for i in range(n)],
+        "attrs": pa.array([[("w", i), ("h", 2 * i)] for i in range(n)], pa.map_(pa.string(), pa.int64())),
+        "size": [{"w": i, "h": i + 1} for i in range(n)],
     })
 
 
@@ -95,6 +97,7 @@ def test_write_equals_convert_and_reads_back(spark, tmp_path):
     assert [r["label"] for r in rows] == table.column("label").to_pylist()
     assert [r["caption"] for r in rows] == table.column("caption").to_pylist()
     assert rows[5]["tags"] == '["t2","x"]'
+    assert rows[5]["attrs"] == '{"h":10,"w":5}' and rows[5]["size"] == '{"h":6,"w":5}'
 
 
 def fail_once_in_partition_one(marker):

@@ -12,7 +12,7 @@ Each value column has a *type tag* that says how one value becomes bytes:
 ``str``         UTF-8
 ``int8`` ...    fixed-width little-endian numbers (``int8..int64``,
                 ``uint8..uint64``, ``float16/32/64``); ``bool`` is one byte 0/1
-``json``        lists, structs and maps as compact JSON (UTF-8)
+``json``        lists, structs and maps as compact JSON (UTF-8, object keys sorted)
 ==============  ==============================================================
 
 The record layout (named in the metadata under ``"ffrecord.layout"``):
@@ -79,7 +79,14 @@ def arrow_columns(schema):
 
 def arrow_rows(table):
     """The rows of a pyarrow Table or RecordBatch as dicts of Python values."""
-    columns = {name: table.column(name).to_pylist() for name in table.schema.names}
+    import pyarrow as pa
+
+    columns = {}
+    for field in table.schema:
+        values = table.column(field.name).to_pylist()
+        if pa.types.is_map(field.type):  # pairs -> an object, as a Spark map arrives
+            values = [None if v is None else dict(v) for v in values]
+        columns[field.name] = values
     for k in range(table.num_rows):
         yield {name: values[k] for name, values in columns.items()}
 
@@ -158,7 +165,9 @@ def encode_value(name, tag, value):
         return b"\x01" if value else b"\x00"
     if tag == "json":
         try:
-            return json.dumps(_plain(value), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            # Sorted keys: Spark hands maps over in hash order, Arrow in stored order.
+            return json.dumps(_plain(value), separators=(",", ":"), ensure_ascii=False,
+                              sort_keys=True).encode("utf-8")
         except (TypeError, ValueError) as e:
             raise ColumnError(f"column {name!r}: cannot encode as JSON: {e}") from None
     try:
@@ -214,7 +223,6 @@ def _plain(value):
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        # Arrow maps arrive as lists of (key, value) pairs; they stay pairs.
         return [_plain(v) for v in value]
     if isinstance(value, np.ndarray):
         return [_plain(v) for v in value.tolist()]
