@@ -83,7 +83,7 @@ class FFRecordDatasource(Datasource):
 
     def __init__(self, path):
         super().__init__()
-        self.path = os.fspath(path)
+        self.path = [os.fspath(p) for p in path] if isinstance(path, (list, tuple)) else os.fspath(path)
         with FileReader(self.path) as r:
             self._counts = [r.file_info(f)["records"] for f in range(len(r.paths))]
             self._paths = list(r.paths)

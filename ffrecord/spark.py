@@ -131,11 +131,11 @@ def _read_range(path, names, json_columns):
 
 
 def read_ffrecord(spark, path, *, num_partitions=None):
-    """A DataFrame of the records at ``path`` (a dataset directory or ``.ffr``
-    files), decoded into columns as ``ffrecord.ray.read_ffrecord`` does (JSON
+    """A DataFrame of the records at ``path`` (a dataset directory, a ``.ffr``
+    file, or a list of them), decoded into columns as ``ffrecord.ray.read_ffrecord`` does (JSON
     columns as their text). ``num_partitions`` defaults to Spark's default
     parallelism; partitions are record ranges inside one shard each."""
-    path = os.fspath(path)
+    path = [os.fspath(p) for p in path] if isinstance(path, (list, tuple)) else os.fspath(path)
     with FileReader(path) as r:
         counts = [r.file_info(f)["records"] for f in range(len(r.paths))]
         meta = r.file_info(0)["metadata"]

@@ -93,6 +93,11 @@ def test_read_tasks_follow_shards_and_plain_records(cluster, tmp_path):
     rows = ds.take_all()
     assert [r["data"] for r in rows] == [f"record {i}".encode() for i in range(100)]
     assert [r["key"] for r in rows] == [f"k{i}" for i in range(100)]
+    other = tmp_path / "other.ffr"
+    with ffrecord.FileWriter(other) as w:
+        w.write_batch([b"x", b"y"], keys=["kx", "ky"])
+    both = read_ffrecord([path, other]).take_all()  # a list of files is one dataset
+    assert len(both) == 102 and both[-1] == {"key": "ky", "data": b"y"}
     with pytest.raises(ffrecord.FormatError):
         (tmp_path / "bad.ffr").write_bytes(b"not a record file")
         read_ffrecord(tmp_path / "bad.ffr")

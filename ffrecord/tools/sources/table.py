@@ -87,7 +87,7 @@ class TableSource(Source):
         except Exception as e:  # pyarrow's own errors: not a file of this format
             raise ToolError(f"{path}: not a readable {self.kind} file: {e}") from None
 
-    def _encoder_for(self, f, handle):
+    def _encoder_for(self, handle):
         return RowEncoder(arrow_columns(self.schema(handle)), key=self.key_column)
 
     def _prepare(self):
@@ -96,7 +96,7 @@ class TableSource(Source):
         for f, path in enumerate(self.files):
             handle = self._open(f)
             try:
-                enc = self._encoder_for(f, handle)
+                enc = self._encoder_for(handle)
             except ColumnError as e:
                 raise UsageError(f"{path}: {e}") from None
             columns = [(enc.key, enc.key_tag)] + enc.values
@@ -140,7 +140,7 @@ class TableSource(Source):
 
     def read(self, locator):
         if self._encoder is None:  # a worker's copy: built from the constructor arguments only
-            self._encoder = self._encoder_for(0, self._open(0))
+            self._encoder = self._encoder_for(self._open(0))
         yield from self._records(locator)
 
     def _records(self, segments):
