@@ -156,3 +156,12 @@ def test_a_failed_job_leaves_nothing_under_the_final_name(cluster, tmp_path):
     with pytest.raises(Exception, match="key column 'nope' is not a column"):  # raised in a task
         write_ffrecord(ds, tmp_path / "nokey", key_column="nope")
     assert not (tmp_path / "nokey").exists() and not leftovers(tmp_path)
+
+
+def test_an_empty_dataset_is_one_empty_shard(cluster, tmp_path):
+    empty = pa.table({"id": pa.array([], pa.string()), "v": pa.array([], pa.binary())})
+    doc = write_ffrecord(ray.data.from_arrow(empty), tmp_path / "empty", key_column="id")
+    assert doc["records"] == 0 and len(doc["shards"]) == 1
+    with ffrecord.FileReader(tmp_path / "empty") as r:
+        assert r.n == 0 and r.file_info(0)["metadata"]["ffrecord.columns"]["key"] == "id"
+    assert read_ffrecord(tmp_path / "empty").count() == 0

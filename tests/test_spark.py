@@ -152,6 +152,11 @@ def test_a_failed_job_leaves_nothing_and_bad_input_is_refused(spark, tmp_path):
         write_ffrecord(df0, tmp_path / "used")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not leftovers(tmp_path)
 
+    # No rows: one empty shard that still describes the columns.
+    doc = write_ffrecord(df0.where("key = 'none'"), tmp_path / "empty", key_column="key")
+    assert doc["records"] == 0 and doc["metadata"]["ffrecord.layout"] == "column"
+    assert read_ffrecord(spark, tmp_path / "empty").count() == 0
+
     # A single value column: the records are its bytes, readable without Spark.
     single = tmp_path / "single"
     write_ffrecord(df0.orderBy("key"), single, key_column="key")
