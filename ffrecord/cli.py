@@ -143,7 +143,7 @@ def _convert(args):
         records_per_shard=args.records_per_shard, compression=args.compression,
         zstd_dict=args.zstd_dict, zstd_dict_file=args.zstd_dict_file, workers=args.workers,
         rank=args.rank, world_size=args.world_size, show_progress=progress.wanted(args.quiet),
-        start_method=_START_METHOD,
+        start_method=_START_METHOD, key_column=args.key_column,
     )
     if not args.quiet:
         # Source bytes are the records as taken from the source (before compression);
@@ -298,6 +298,8 @@ def _parser():
     p.add_argument("paths", nargs="+", metavar="SRC DST", help="source and output directory")
     p.add_argument("--from", dest="kind", choices=KINDS, default=None,
                    help="source kind (default: guessed from SRC)")
+    p.add_argument("--key-column", default=None, metavar="NAME",
+                   help="parquet/arrow/hf: the column that becomes the record keys (the others become the record)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--shard-size", default=None, help="shard size in source bytes, e.g. 1GiB (default)")
     size.add_argument("--records-per-shard", type=_positive_int, default=None, help="records per shard")

@@ -38,6 +38,24 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$VPY" -m pip install -q --no-build-isolation -e ".[torch,test,zstd]"
   touch "$stamp"
 fi
+# Engines (Parquet/Arrow/Hugging Face/TFRecord sources, Ray Data, Spark): their
+# tests need pyarrow, ray, pyspark, datasets and tfrecord, and Spark a Java
+# runtime. Kept apart from the core set-up above, which stays light.
+# The demo needs none of it.
+engines_stamp="$VENV/.ffrecord-engines"
+case "${1:-demo}" in test|bench) with_engines=1 ;; *) with_engines=0 ;; esac
+if [ "$with_engines" = 1 ] && { [ ! -f "$engines_stamp" ] || [ pyproject.toml -nt "$engines_stamp" ]; }; then
+  echo "== installing the engines' test dependencies into $VENV"
+  # The same list as pyproject's "engines-test" extra (no second editable build).
+  "$VPY" -m pip install -q "pyarrow>=12" "ray[data]>=2.40" "pyspark>=3.5" "datasets>=2.14" "tfrecord>=1.14"
+  touch "$engines_stamp"
+fi
+if [ "$with_engines" = 1 ] && ! command -v java >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "== installing a Java runtime for Spark"
+  { apt-get update -q && apt-get install -y -q default-jre-headless; } >/dev/null 2>&1 \
+    || echo "(no Java runtime: the Spark tests are skipped)"
+fi
+
 echo "== building the C++ extension"
 "$VPY" setup.py -q build_ext --inplace -j 2
 

@@ -5,7 +5,7 @@ and returns a result object, so the same operations can be scripted without
 the command line:
 
 - ``convert``: turn a source (folder, image folder, tar/webdataset, LMDB,
-  jsonl, npy, record files) into a directory of shards plus ``index.json``;
+  jsonl, npy, Parquet, Arrow IPC, Hugging Face, TFRecord, record files) into a directory of shards plus ``index.json``;
   the source readers live in ``ffrecord.tools.sources``.
 - ``validate``: check every header, index, record checksum and manifest entry;
   optionally record bad records in ``quarantine.json``.
@@ -14,4 +14,8 @@ the command line:
 - ``records``: the record layouts that ``convert`` writes for image folders
   (image bytes + label) and tar samples (several named parts per record),
   with their decoders.
+- ``columns``: how a table row (typed, named columns) becomes one record, and
+  back; shared by the table sources and the Ray and Spark writers.
+- ``staged``: a dataset written by independent engine tasks into a staging
+  directory and committed once by the driver (``ffrecord.ray``, ``ffrecord.spark``).
 """

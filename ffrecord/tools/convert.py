@@ -72,7 +72,7 @@ class ShardJob:
 
 def convert(src, dst, kind=None, *, shard_size=None, records_per_shard=None, compression=None,
             zstd_dict=False, zstd_dict_file=None, workers=1, rank=None, world_size=None, show_progress=False,
-            start_method="spawn"):
+            start_method="spawn", key_column=None):
     """Converts ``src`` into the dataset directory ``dst``; returns a ConvertResult.
 
     ``kind`` is a source kind (``ffrecord.tools.sources.KINDS``) or None to
@@ -81,7 +81,8 @@ def convert(src, dst, kind=None, *, shard_size=None, records_per_shard=None, com
     ``'zstd[:level]'``; ``zstd_dict`` trains a dictionary on a sample of
     records, ``zstd_dict_file`` uses a dictionary from a file. ``rank`` and
     ``world_size`` default to the environment (see ``distributed``).
-    ``start_method`` starts the worker processes (see ``pool.run``)."""
+    ``start_method`` starts the worker processes (see ``pool.run``).
+    ``key_column`` names the column of a table source that becomes the keys."""
     started = time.monotonic()
     rank, world = distributed.rank_and_world(rank, world_size)
     options = _options(shard_size, records_per_shard, compression, zstd_dict, zstd_dict_file, workers)
@@ -90,7 +91,7 @@ def convert(src, dst, kind=None, *, shard_size=None, records_per_shard=None, com
         kind = detect_kind(src_path)
     _check_dst(dst, src_path)
     exclude = dst if _inside(dst, os.path.abspath(src_path)) else None
-    source = open_source(kind, src_path, exclude=exclude)
+    source = open_source(kind, src_path, exclude=exclude, key_column=key_column)
 
     inventory = source.scan(need_sizes=options["records_per_shard"] is None)
     if options["records_per_shard"] is not None:
@@ -100,6 +101,8 @@ def convert(src, dst, kind=None, *, shard_size=None, records_per_shard=None, com
     n_shards = len(bounds) - 1
     names = [plan.shard_name(i, n_shards) for i in range(n_shards)]
     shaping = {k: options[k] for k in ("compression", "zstd_dict", "shard_size", "records_per_shard")}
+    if key_column is not None:  # only then, so plans of other sources keep their fingerprints
+        shaping["key_column"] = key_column
     fingerprint = plan.fingerprint(source.kind, inventory.count, bounds, shaping)
 
     state = ConvertState(dst)

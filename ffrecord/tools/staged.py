@@ -1,0 +1,213 @@
+"""A dataset written by many independent tasks and committed once, by one driver.
+
+This is how engines with their own schedulers (Ray, Spark) produce the same
+dataset directory as ``ffrecord convert``:
+
+1. The driver creates a ``StagedDataset`` for DST and calls ``begin()``.
+   Nothing is created under DST's name: the work happens in a hidden sibling
+   staging directory ``.<DST name>.ffrecord-staging-<id>``.
+2. Each task calls ``write_part(task, columns, rows)`` on a copy of it. The task's rows
+   become shards of at most ``records_per_shard`` records or ``shard_size``
+   bytes, written as ``part-<task>-<attempt>-<n>.ffr`` (each through a
+   temporary file renamed on close); it returns a description of its files.
+   Every attempt uses its own random attempt id, so a retried or speculative
+   attempt never overwrites, or is mixed up with, another.
+3. The driver calls ``commit(results)`` with the result of exactly one
+   successful attempt per task. Files of other attempts are deleted; the chosen
+   ones are renamed ``shard-<i>-of-<n>.ffr`` in task order; ``index.json`` is
+   written; then the staging directory is renamed to DST in one step. A reader
+   sees no dataset or the whole one.
+4. When the job fails, ``abort()`` removes the staging directory: nothing is
+   left under DST.
+
+Bad arguments, a DST in use, and rows that have no record encoding raise
+``ValueError`` (``ColumnError`` for rows), naming DST and, for a row, the task.
+
+Records are encoded by ``ffrecord.tools.columns``, exactly as ``ffrecord
+convert --from parquet`` encodes rows with the same columns, so the records
+are the same bytes whichever engine wrote them.
+"""
+
+import os
+import shutil
+import uuid
+
+from .. import FileWriter
+from ..codec import parse_compression
+from . import manifest, plan
+from .columns import ColumnError, RowEncoder
+from .convert import DEFAULT_SHARD_SIZE
+from .sources.ffr import CONVERT_KEY
+
+STAGING_MARK = ".ffrecord-staging-"
+
+
+class StagedDataset:
+    """A picklable handle shared by the driver and the tasks of one write job."""
+
+    def __init__(self, dst, *, key_column=None, records_per_shard=None, shard_size=None, compression=None,
+                 engine="tasks"):
+        """``engine`` is recorded as the dataset's source kind (``"ray"``, ``"spark"``)."""
+        self.dst = os.path.abspath(os.fspath(dst))
+        if shard_size is not None and records_per_shard is not None:
+            raise ValueError("give shard_size or records_per_shard, not both")
+        for value, name in ((shard_size, "shard_size"), (records_per_shard, "records_per_shard")):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if records_per_shard is None and shard_size is None:
+            shard_size = DEFAULT_SHARD_SIZE
+        try:
+            codec, level = parse_compression(compression)
+        except (TypeError, ValueError) as e:
+            raise ValueError(str(e)) from None
+        self.compression = None if codec is None else f"{codec}:{level}"
+        self.records_per_shard, self.shard_size = records_per_shard, shard_size
+        self.key_column, self.engine = key_column, engine
+        check_destination(self.dst)
+        parent, name = os.path.split(self.dst)
+        if not os.path.isdir(parent):
+            raise ValueError(f"{parent}: no such directory (the parent of the output)")
+        self.staging = os.path.join(parent, f".{name}{STAGING_MARK}{uuid.uuid4().hex[:16]}")
+
+    def begin(self):
+        """Creates the staging directory (the driver, before the tasks run). Tasks do not
+        create it, so an attempt still running after the commit or abort fails harmlessly."""
+        os.makedirs(self.staging, exist_ok=True)
+
+    # ---- tasks --------------------------------------------------------------
+    def encoder(self, columns):
+        """The row encoder for ``columns`` ([(name, type tag)], see ``columns.arrow_tag``)."""
+        try:
+            return RowEncoder([tuple(c) for c in columns], key=self.key_column)
+        except ColumnError as e:
+            raise ColumnError(f"{self.dst}: {e}") from None
+
+    def _metadata(self, encoder):
+        return dict(encoder.metadata(), **{CONVERT_KEY: {"source": self.engine, "tool": manifest.tool_version()}})
+
+    def write_part(self, task, columns, rows):
+        """Writes the rows (mappings of column -> value) of task number ``task``;
+        returns the part's description for ``commit``."""
+        encoder = self.encoder(columns)
+        if not os.path.isdir(self.staging):
+            raise FileNotFoundError(f"{self.dst}: the staging directory is gone (the job was committed or aborted)")
+        attempt = uuid.uuid4().hex[:12]
+        files, writer, path = [], None, None
+        count = raw = 0
+        metadata = self._metadata(encoder)
+
+        def close():
+            nonlocal writer
+            done, writer = writer, None
+            done.close()
+            files.append({"file": os.path.basename(path), "records": count, "raw_bytes": raw})
+
+        try:
+            for k, row in enumerate(rows):
+                try:
+                    data, key = encoder.encode(row)
+                except ColumnError as e:
+                    raise ColumnError(f"{self.dst}: task {task}, row {k}: {e}") from None
+                if writer is not None and self._full(count, raw, len(data)):
+                    close()
+                if writer is None:
+                    path = os.path.join(self.staging, f"part-{task:06d}-{attempt}-{len(files):05d}.ffr")
+                    writer = FileWriter(path, compression=self.compression, metadata=metadata)
+                    count = raw = 0
+                writer.write_one(data, key)
+                count += 1
+                raw += len(data)
+            if writer is not None:
+                close()
+        except BaseException:
+            if writer is not None:
+                writer.abort()  # its temporary file goes; no part is left half written
+            raise
+        for f in files:
+            f["bytes"], f["crc32c"] = manifest.file_crc32c(os.path.join(self.staging, f["file"]))
+        return {"task": task, "attempt": attempt, "columns": [list(c) for c in columns], "files": files}
+
+    def _full(self, count, raw, size):
+        if self.records_per_shard is not None:
+            return count >= self.records_per_shard
+        return raw + size > self.shard_size
+
+    # ---- the driver -----------------------------------------------------------
+    def commit(self, parts, columns=None):
+        """Publishes the dataset from one result of ``write_part`` per task; returns the
+        manifest. ``columns`` describes the rows when no task had any."""
+        by_task = {}
+        for part in parts:
+            if part["task"] in by_task:
+                raise ValueError(f"{self.dst}: two results for task {part['task']}; keep one attempt per task")
+            if columns is None:
+                columns = part["columns"]
+            elif [list(c) for c in columns] != part["columns"]:
+                raise ColumnError(f"{self.dst}: task {part['task']} wrote columns {part['columns']}, "
+                                f"others {columns}; every task must write the same columns")
+            by_task[part["task"]] = part
+        if columns is None:
+            raise ValueError(f"{self.dst}: no rows and no schema: nothing says what the records hold")
+        encoder = self.encoder(columns)
+        chosen = [f for t in sorted(by_task) for f in by_task[t]["files"]]
+        os.makedirs(self.staging, exist_ok=True)
+        keep = {f["file"] for f in chosen}
+        for name in os.listdir(self.staging):  # other attempts' files and temporaries
+            if name not in keep:
+                _remove(os.path.join(self.staging, name))
+        if not chosen:  # no rows at all: one empty shard, as convert writes for an empty source
+            empty = os.path.join(self.staging, "part-empty.ffr")
+            with FileWriter(empty, 0, compression=self.compression, metadata=self._metadata(encoder)):
+                pass
+            size, crc = manifest.file_crc32c(empty)
+            chosen = [{"file": "part-empty.ffr", "records": 0, "raw_bytes": 0, "bytes": size, "crc32c": crc}]
+        n = len(chosen)
+        records, first = [], 0
+        for i, f in enumerate(chosen):
+            name = plan.shard_name(i, n)
+            src = os.path.join(self.staging, f["file"])
+            if not os.path.exists(src) or os.path.getsize(src) != f["bytes"]:
+                raise FileNotFoundError(f"{self.dst}: the part file {f['file']} is missing or changed "
+                                        "before the commit")
+            os.replace(src, os.path.join(self.staging, name))
+            records.append({"path": name, "records": f["records"], "first": first, "bytes": f["bytes"],
+                            "raw_bytes": f["raw_bytes"], "crc32c": f["crc32c"]})
+            first += f["records"]
+        bounds = [r["first"] for r in records] + [first]
+        options = {"compression": self.compression, "zstd_dict": None, "shard_size": self.shard_size,
+                   "records_per_shard": self.records_per_shard}
+        if self.key_column is not None:
+            options["key_column"] = self.key_column
+        doc = manifest.build(records, source={"kind": self.engine, "items": first}, options=options,
+                             metadata=encoder.metadata(), keys=self.key_column is not None,
+                             fingerprint=plan.fingerprint(self.engine, first, bounds, options))
+        manifest.write(self.staging, doc)
+        check_destination(self.dst)
+        if os.path.isdir(self.dst):
+            os.rmdir(self.dst)  # empty (checked): replaced by the finished dataset
+        os.rename(self.staging, self.dst)
+        manifest.fsync_dir(os.path.dirname(self.dst))
+        return doc
+
+    def abort(self):
+        """Removes everything this job wrote; DST is left as it was."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def check_destination(dst):
+    """DST must not exist, or be an empty directory."""
+    if os.path.isdir(dst):
+        if os.listdir(dst):
+            raise ValueError(f"{dst}: not empty; write the dataset into a new or empty directory")
+    elif os.path.exists(dst):
+        raise ValueError(f"{dst}: exists and is not a directory")
+
+
+def _remove(path):
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
