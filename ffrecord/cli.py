@@ -108,11 +108,16 @@ def _convert(args):
 def _validate(args):
     from .tools import progress, validate
 
-    result = validate.validate(
-        args.paths, workers=args.workers, rank=args.rank, world_size=args.world_size,
-        quarantine=args.quarantine, shard_crc=not args.no_shard_crc,
-        show_progress=progress.wanted(args.quiet), start_method=_START_METHOD,
-    )
+    from .tools.errors import EnvironmentFailure
+
+    try:
+        result = validate.validate(
+            args.paths, workers=args.workers, rank=args.rank, world_size=args.world_size,
+            quarantine=args.quarantine, shard_crc=not args.no_shard_crc,
+            show_progress=progress.wanted(args.quiet), start_method=_START_METHOD,
+        )
+    except EnvironmentFailure as e:  # not a verdict on the data: kept apart from status 1
+        return _fail("validate", e, 2)
     for p in result.problems:
         print(f"BAD {p.describe()}")
     if not args.quiet:
@@ -121,7 +126,7 @@ def _validate(args):
         print(f"checked {result.files} file(s), {result.records} records, {format_size(result.bytes)} "
               f"in {result.seconds:.1f} s ({rate:.0f} MB/s): {verdict}")
         for q in result.quarantine_files:
-            print(f"updated {q}")
+            print(f"quarantine report: {q}")
         whole = [p for p in result.problems if p.index is None]
         if args.quarantine and whole:
             print(f"note: readers of the dataset leave out the {len(whole)} file(s) with file-level problems; "
@@ -253,10 +258,11 @@ def _parser():
 
     p = sub.add_parser("validate", help="check headers, indexes, record checksums and manifests",
                        description="Check files and dataset directories. Exit 0: all sound; 1: problems found "
-                                   "(listed on stdout); 2: usage error.")
+                                   "(listed on stdout); 2: usage error, or the filesystem refused an operation "
+                                   "(nothing judged, nothing written).")
     p.add_argument("paths", nargs="+", metavar="PATH", help=".ffr files or dataset directories")
     p.add_argument("--quarantine", action="store_true",
-                   help="record bad records in the dataset's quarantine.json so readers skip them")
+                   help="report bad records and files in the dataset's quarantine.d/ so readers skip them")
     p.add_argument("--no-shard-crc", action="store_true",
                    help="skip the whole-file CRC32C check against index.json (records are still checked)")
     _add_rank_options(p)

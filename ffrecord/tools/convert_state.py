@@ -12,14 +12,22 @@ filesystem:
   re-reads the shards.
 - ``zstd.dict``: the trained dictionary, created once (exclusively) so every
   rank, and every rerun, compresses with the same one.
+
+Ranks on different nodes coordinate through this directory without locks:
+``plan.json`` and ``zstd.dict`` are claimed by ``link()``, which the server
+decides (the first one wins, a later one fails with EEXIST); every other file
+has a single writer; temporary names carry host, pid and random bits; and
+records are looked up by opening their names directly, never through a
+directory listing, which a network client may cache for many seconds.
 """
 
 import os
-import uuid
 
+from .._atomic import fsync_dir, unique_tag
 from ..dataset_paths import load_json
-from .errors import UsageError
-from .manifest import fsync_dir, write_json_atomic
+from ..errors import FFRecordError
+from .errors import EnvironmentFailure, UsageError
+from .manifest import write_json_atomic
 
 STATE_DIR = ".ffrecord-convert"
 
@@ -63,13 +71,20 @@ class ConvertState:
         return os.path.join(self.shards_dir, name + ".json")
 
     def load_shard(self, name):
+        """The record of shard ``name``, or None when there is none (or it is
+        damaged: the shard is then checked again). Opened by name: a fresh
+        lookup, where a listing could be a cached, stale one."""
         path = self._record_path(name)
-        if not os.path.exists(path):
-            return None
         try:
-            return load_json(path)
-        except (OSError, ValueError):
-            return None  # a damaged record: the shard is checked again
+            doc = load_json(path)
+        except FileNotFoundError:
+            return None
+        except (FFRecordError, ValueError):  # damaged (not JSON, not UTF-8)
+            return None
+        except OSError as e:
+            raise EnvironmentFailure.from_os_error(
+                e, path, "read this shard's record", "the filesystem refused; nothing was rewritten") from None
+        return doc if isinstance(doc, dict) else None
 
     def save_shard(self, record):
         write_json_atomic(self._record_path(record["path"]), record)
@@ -79,13 +94,20 @@ class ConvertState:
         records, missing = [], []
         for name in names:
             rec = self.load_shard(name)
-            path = os.path.join(self.dst, name)
-            if (rec is None or rec.get("fingerprint") != fingerprint or not os.path.exists(path)
-                    or os.path.getsize(path) != rec.get("bytes")):
+            if rec is None or rec.get("fingerprint") != fingerprint or self._size(name) != rec.get("bytes"):
                 missing.append(name)
             else:
                 records.append(rec)
         return records, missing
+
+    def _size(self, name):
+        path = os.path.join(self.dst, name)
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise EnvironmentFailure.from_os_error(e, path, "look it up", "the filesystem refused") from None
 
     # ---- dictionary -------------------------------------------------------
     def load_dictionary(self):
@@ -99,7 +121,7 @@ class ConvertState:
         """Stores ``data`` unless another rank was first; returns the stored one."""
         self.prepare()
         path = os.path.join(self.root, "zstd.dict")
-        tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
+        tmp = f"{path}.{unique_tag()}.tmp"
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -115,7 +137,7 @@ class ConvertState:
 
 
 def _create_exclusive(path, doc):
-    tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
+    tmp = f"{path}.{unique_tag()}.tmp"
     write_json_atomic(tmp, doc)
     try:
         os.link(tmp, path)
