@@ -71,11 +71,15 @@ def _os_message(e):
 # ---- subcommands ---------------------------------------------------------------
 def _convert(args):
     from .tools import convert, progress
+    from .tools.errors import EnvironmentFailure
 
     if args.finalize:
         if len(args.paths) not in (1, 2):
             raise UsageError("--finalize takes DST (or SRC DST)")
-        doc = convert.finalize(args.paths[-1])
+        try:
+            doc = convert.finalize(args.paths[-1])
+        except EnvironmentFailure as e:
+            return _fail("convert", e, 2)
         if not args.quiet:
             print(f"wrote {args.paths[-1].rstrip('/')}/index.json: {len(doc['shards'])} shards, "
                   f"{doc['records']} records, {format_size(doc['bytes'])}")
@@ -83,13 +87,16 @@ def _convert(args):
     if len(args.paths) != 2:
         raise UsageError("convert takes SRC DST")
     shard_size = parse_size(args.shard_size) if args.shard_size is not None else None
-    result = convert.convert(
-        args.paths[0], args.paths[1], args.kind, shard_size=shard_size,
-        records_per_shard=args.records_per_shard, compression=args.compression,
-        zstd_dict=args.zstd_dict, zstd_dict_file=args.zstd_dict_file, workers=args.workers,
-        rank=args.rank, world_size=args.world_size, show_progress=progress.wanted(args.quiet),
-        start_method=_START_METHOD,
-    )
+    try:
+        result = convert.convert(
+            args.paths[0], args.paths[1], args.kind, shard_size=shard_size,
+            records_per_shard=args.records_per_shard, compression=args.compression,
+            zstd_dict=args.zstd_dict, zstd_dict_file=args.zstd_dict_file, workers=args.workers,
+            rank=args.rank, world_size=args.world_size, show_progress=progress.wanted(args.quiet),
+            start_method=_START_METHOD,
+        )
+    except EnvironmentFailure as e:  # checking existing work hit the filesystem, not bad data
+        return _fail("convert", e, 2)
     if not args.quiet:
         rate = result.bytes / result.seconds / 1e6 if result.seconds > 0 else 0.0
         line = (f"{result.dst}: wrote {len(result.written)} shard(s)"
@@ -100,8 +107,8 @@ def _convert(args):
         if result.manifest_written:
             print(f"{result.dst}: index.json lists all {result.shards} shard(s)")
         else:
-            print(f"{result.dst}: {len(result.missing)} of {result.shards} shard(s) belong to other ranks and are "
-                  "not done yet; the last rank to finish writes index.json (or run `ffrecord convert --finalize DST`)")
+            print(f"{result.dst}: left index.json to the rank that finishes last ({result.missing[0]} is not done "
+                  "yet); if no rank is still running, run `ffrecord convert --finalize DST`")
     return 0
 
 

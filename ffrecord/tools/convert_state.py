@@ -89,13 +89,17 @@ class ConvertState:
     def save_shard(self, record):
         write_json_atomic(self._record_path(record["path"]), record)
 
-    def finished(self, names, fingerprint):
-        """(records in order, names missing) for the shards ``names``."""
+    def finished(self, names, fingerprint, stop_at_missing=False):
+        """(records in order, names missing) for the shards ``names``: a shard
+        is finished when its record is there, is of this plan, and its file has
+        the recorded size. ``stop_at_missing`` returns at the first missing one."""
         records, missing = [], []
         for name in names:
             rec = self.load_shard(name)
             if rec is None or rec.get("fingerprint") != fingerprint or self._size(name) != rec.get("bytes"):
                 missing.append(name)
+                if stop_at_missing:
+                    break
             else:
                 records.append(rec)
         return records, missing
