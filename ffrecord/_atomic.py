@@ -45,6 +45,24 @@ def write_bytes(path, data):
     fsync_dir(directory)
 
 
+def link_once(tmp, path):
+    """Publishes the complete file ``tmp`` as ``path`` unless ``path`` exists;
+    returns whether this call published it. ``link`` is decided by the server,
+    so of several writers on several nodes exactly one wins. Some network
+    filesystems answer a link onto an existing name with a generic error
+    (sshfs reports EPERM) rather than EEXIST, so any failure is a lost race
+    when ``path`` is there afterwards."""
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        if os.path.exists(path):
+            return False
+        raise
+
+
 def fsync_dir(directory):
     fd = os.open(directory, os.O_RDONLY)
     try:

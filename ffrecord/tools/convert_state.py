@@ -23,7 +23,7 @@ directory listing, which a network client may cache for many seconds.
 
 import os
 
-from .._atomic import fsync_dir, unique_tag
+from .._atomic import fsync_dir, link_once, unique_tag
 from ..dataset_paths import load_json
 from ..errors import FFRecordError
 from .errors import EnvironmentFailure, UsageError
@@ -131,9 +131,7 @@ class ConvertState:
             f.flush()
             os.fsync(f.fileno())
         try:
-            os.link(tmp, path)  # fails if it exists: the first dictionary wins
-        except FileExistsError:
-            pass
+            link_once(tmp, path)  # the first dictionary wins
         finally:
             os.unlink(tmp)
         fsync_dir(self.root)
@@ -144,8 +142,6 @@ def _create_exclusive(path, doc):
     tmp = f"{path}.{unique_tag()}.tmp"
     write_json_atomic(tmp, doc)
     try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
+        link_once(tmp, path)
     finally:
         os.unlink(tmp)
