@@ -29,7 +29,9 @@ class EnvironmentFailure(Exception):
     @classmethod
     def from_os_error(cls, e, path, doing, consequence):
         """'<path>: cannot <doing>: <strerror> (<ERRNO NAME>); <consequence>'."""
-        return cls(f"{path}: cannot {doing}: {describe_os_error(e)}; {consequence}")
+        text = describe_os_error(e)
+        prefix = f"{path}: "  # the core's messages already name the file
+        return cls(f"{path}: cannot {doing}: {text[len(prefix):] if text.startswith(prefix) else text}; {consequence}")
 
 
 def describe_os_error(e):
