@@ -76,3 +76,19 @@ def test_healthy_shards_on_a_mount_refusing_mmap_are_never_quarantined_or_rewrit
     rc, out, err = cli(["convert", src, d.a, "--records-per-shard", PER_SHARD])
     assert rc == 0 and f"{len(shards)} already complete" in out or rc == 2 and "not rewritten" in err, (rc, out, err)
     assert {n: os.stat(os.path.join(d.backing, n)).st_mtime_ns for n in shards} == before
+
+
+def test_two_ranks_on_two_nodes_share_one_trained_dictionary(netfs, source, ranks, tmp_path):
+    src, _ = source
+    single = tmp_path / "single"
+    options = ["--compression", "zstd", "--zstd-dict", "-q"]
+    assert main(["convert", src, str(single), "--records-per-shard", str(PER_SHARD)] + options) == 0
+    for round_ in range(10):
+        d = netfs.new_dir(f"z{round_}")
+        results = ranks.together([(cli, (convert_args(src, d.a, 0)[0] + options,)),
+                                  (cli, (convert_args(src, d.b, 1)[0] + options,))])
+        assert all(isinstance(r, tuple) and r[0] == 0 for r in results), (round_, results)
+        for name in os.listdir(single):
+            if name.endswith(".ffr") or name == "index.json":
+                with open(os.path.join(d.backing, name), "rb") as f:
+                    assert f.read() == (single / name).read_bytes(), (round_, name)

@@ -269,8 +269,8 @@ def test_unreadable_shards_fail_validate_and_convert_with_eacces(tmp_path):
 
 
 # ---- convert: the last rank writes index.json ------------------------------------
-def convert_rank(src, dst, rank):
-    result = convert.convert(src, dst, records_per_shard=PER_SHARD // 2, rank=rank, world_size=2)
+def convert_rank(src, dst, rank, **options):
+    result = convert.convert(src, dst, records_per_shard=PER_SHARD // 2, rank=rank, world_size=2, **options)
     return result.manifest_written, len(result.written)
 
 
@@ -288,6 +288,25 @@ def test_two_ranks_finishing_together_always_write_the_manifest(tmp_path, ranks)
         with open(os.path.join(d, "index.json"), "rb") as f:
             assert f.read() == expected
         shutil.rmtree(d)
+
+
+def test_two_ranks_training_a_dictionary_at_once_share_the_first_one(tmp_path, ranks):
+    src = make_source(tmp_path)
+    options = {"compression": "zstd", "zstd_dict": True}
+    single = tmp_path / "single"
+    convert.convert(src, single, records_per_shard=PER_SHARD // 2, **options)
+    for round_ in range(10):
+        d = tmp_path / f"z{round_}"
+        results = ranks.together([(convert_rank_with_dictionary, (str(src), str(d), rank)) for rank in (0, 1)])
+        assert all(isinstance(r, tuple) for r in results), results
+        assert sorted(os.listdir(d)) == sorted(os.listdir(single))
+        for name in os.listdir(single):
+            if name.endswith(".ffr") or name == "index.json":
+                assert (d / name).read_bytes() == (single / name).read_bytes(), (round_, name)
+
+
+def convert_rank_with_dictionary(src, dst, rank):
+    return convert_rank(src, dst, rank, compression="zstd", zstd_dict=True)
 
 
 def test_finalize_fails_cleanly_on_an_environment_error(tmp_path, capsys):

@@ -22,14 +22,16 @@ directory listing, which a network client may cache for many seconds.
 """
 
 import os
+import time
 
 from .._atomic import fsync_dir, link_once, unique_tag
 from ..dataset_paths import load_json
 from ..errors import FFRecordError
-from .errors import EnvironmentFailure, UsageError
+from .errors import EnvironmentFailure, ToolError, UsageError
 from .manifest import write_json_atomic
 
 STATE_DIR = ".ffrecord-convert"
+PUBLISHED_WAIT_S = 60  # beyond the directory attribute caches of common clients (sshfs 20 s, NFS acdirmax 60 s)
 
 
 class ConvertState:
@@ -55,9 +57,12 @@ class ConvertState:
         """Stores ``plan`` unless one is there; refuses a different one."""
         self.prepare()
         path = os.path.join(self.root, "plan.json")
-        if not os.path.exists(path):
-            _create_exclusive(path, plan)
-        current = load_json(path)
+        if not os.path.exists(path) and _create_exclusive(path, plan):
+            current = plan
+        else:
+            current = _read_published(path, load_json)
+        if not isinstance(current, dict):
+            raise UsageError(f"{path}: not a conversion plan; convert into an empty directory")
         if current.get("fingerprint") != plan["fingerprint"]:
             raise UsageError(
                 f"{self.dst}: holds (part of) another conversion "
@@ -131,17 +136,41 @@ class ConvertState:
             f.flush()
             os.fsync(f.fileno())
         try:
-            link_once(tmp, path)  # the first dictionary wins
+            won = link_once(tmp, path)  # the first dictionary wins
         finally:
             os.unlink(tmp)
         fsync_dir(self.root)
-        return self.load_dictionary()
+        return data if won else _read_published(path, _read_bytes)
 
 
 def _create_exclusive(path, doc):
+    """Publishes ``doc`` as ``path`` unless it exists; returns whether this call did."""
     tmp = f"{path}.{unique_tag()}.tmp"
     write_json_atomic(tmp, doc)
     try:
-        link_once(tmp, path)
+        return link_once(tmp, path)
     finally:
         os.unlink(tmp)
+
+
+def _read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _read_published(path, read):
+    """Reads a file another rank just published. The server said it exists (our
+    link lost), but this client may hold a cached "no such file" for the name
+    (NFS caches negative lookups until the directory's attributes expire), so
+    a miss is retried for up to PUBLISHED_WAIT_S before it is an error."""
+    deadline = time.monotonic() + PUBLISHED_WAIT_S
+    delay = 0.05
+    while True:
+        try:
+            return read(path)
+        except FileNotFoundError:
+            if time.monotonic() >= deadline:
+                raise ToolError(f"{path}: another rank created it, but it is still not visible here after "
+                                f"{PUBLISHED_WAIT_S} s; check the shared filesystem and rerun") from None
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
