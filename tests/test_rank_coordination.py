@@ -317,3 +317,18 @@ def test_finalize_fails_cleanly_on_an_environment_error(tmp_path, capsys):
     assert main(["convert", "--finalize", str(dst)]) == 2
     assert "(ELOOP)" in capsys.readouterr().err
     assert not (dst / "index.json").exists()
+
+
+def test_a_quarantine_that_cannot_be_written_is_an_environment_error(tmp_path, capsys):
+    dst = make_dataset(tmp_path)
+    damage(dst, 3)
+    os.symlink("elsewhere", dst / "quarantine.d")  # dangling: reads find no reports, the write fails
+    capsys.readouterr()
+    assert main(["validate", str(dst), "--quarantine", "-q"]) == 2
+    line, = capsys.readouterr().err.strip().splitlines()
+    assert "cannot write the quarantine report" in line and "no report was written" in line
+    # A file where the reports belong fails already when the quarantine is read.
+    os.unlink(dst / "quarantine.d")
+    (dst / "quarantine.d").write_text("not a directory")
+    assert main(["validate", str(dst), "--quarantine", "-q"]) == 2
+    assert "(ENOTDIR)" in capsys.readouterr().err

@@ -305,7 +305,12 @@ def _write_quarantine(targets, problems):
                 if p.key:
                     entry["key"] = p.key
                 records.append(entry)
-        path = quarantine_reports.write_report(directory, checked, records, files, manifest.tool_version())
+        try:
+            path = quarantine_reports.write_report(directory, checked, records, files, manifest.tool_version())
+        except OSError as e:
+            raise EnvironmentFailure.from_os_error(
+                e, e.filename or directory, "write the quarantine report",
+                "no report was written; rerun once the directory is writable") from None
         if path is not None:
             written.append(path)
     return written
