@@ -248,9 +248,12 @@ def _check_dst(dst, src):
         raise UsageError(f"{dst}: exists and is not a directory (DST is the output directory)")
     if os.path.abspath(src) == dst:
         raise UsageError("SRC and DST are the same path")
-    if os.path.isdir(dst) and not os.path.exists(os.path.join(dst, STATE_DIR)):
+    state = os.path.join(dst, STATE_DIR)
+    if os.path.isdir(dst) and not os.path.exists(state):
         visible = [n for n in os.listdir(dst) if not n.startswith(".")]
-        if visible:
+        # Another rank creates the state before any shard: shards seen with the state
+        # now present are that rank's work, not a foreign directory.
+        if visible and not os.path.exists(state):
             raise UsageError(
                 f"{dst}: not empty and holds no conversion to resume ({visible[0]}, ...); choose an empty directory"
             )
