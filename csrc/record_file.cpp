@@ -207,9 +207,9 @@ void RecordFile::parse_v1() {
   // Without a magic, a file is accepted as v1 only if its whole prefix and
   // offset table are consistent; anything else is "not a record file".
   auto not_ffr = [&](const std::string& why) {
-    throw_format(path_, "not a record file (no v2 magic, and not a valid v1 file: " + why + ")");
+    throw_format(path_, "not a record file (neither the v2 magic nor a consistent v1 header" + why + ")");
   };
-  if (file_size_ < format::kV1PrefixSize) not_ffr("shorter than 12 bytes");
+  if (file_size_ < format::kV1PrefixSize) not_ffr("; only " + std::to_string(file_size_) + " bytes");
   uint8_t prefix[format::kV1PrefixSize];
   ssize_t r;
   do {
@@ -218,8 +218,17 @@ void RecordFile::parse_v1() {
   if (r != static_cast<ssize_t>(sizeof(prefix))) throw_io(path_, "cannot read header", r < 0 ? errno : EIO);
   const uint32_t meta_crc = load<uint32_t>(prefix);
   const uint64_t n = load<uint64_t>(prefix + 4);
-  if (n > (file_size_ - format::kV1PrefixSize) / format::kV1PerRecordIndex)
-    not_ffr("record count " + std::to_string(n) + " does not fit in the file");
+  if (n > (file_size_ - format::kV1PrefixSize) / format::kV1PerRecordIndex) {
+    // Text, JSON or any other file read as v1 gives an absurd count (its bytes
+    // 4..11 are characters); only a count a real file could hold suggests a
+    // v1 file cut short, worth the details.
+    constexpr uint64_t kPlausibleV1Records = uint64_t{1} << 40;
+    if (n > kPlausibleV1Records) not_ffr("");
+    throw_format(path_, "truncated v1 file (or not a record file): its header counts " + std::to_string(n) +
+                            " records, whose index needs " +
+                            std::to_string(format::kV1PrefixSize + n * format::kV1PerRecordIndex) +
+                            " bytes, but the file has " + std::to_string(file_size_));
+  }
   const uint64_t table_end = format::kV1PrefixSize + n * format::kV1PerRecordIndex;
   map_region(0, table_end);
   index_ = at(format::kV1PrefixSize);

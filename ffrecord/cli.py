@@ -1,14 +1,20 @@
 """The ``ffrecord`` command: convert, validate, info, cat, pack, unpack, bench.
 
-Exit status: 0 success, 1 the work failed or found bad data (the message says
-why), 2 a usage error (bad arguments, a missing path, an unknown kind). Errors
-a user can cause are reported on one line, without a traceback. Progress
+Exit status, the same for every subcommand: 0 success, 1 the work failed or
+found bad data (the message says why), 2 a usage error (bad arguments, a
+missing path, a directory without record files, an unknown kind; for
+validate and convert also the filesystem refusing to let existing files be
+checked, which judges and changes nothing), 141 (as a
+program killed by SIGPIPE) when the reader of stdout went away, e.g.
+``ffrecord info X | head -3``; that last one is silent. Errors a user can
+cause are reported on one line, without a traceback. Progress
 bars go to stderr when it is a terminal; ``--quiet`` turns them and the
 summaries off. See docs/TOOLS.md for every subcommand.
 """
 
 import argparse
 import json
+import os
 import sys
 import warnings
 
@@ -22,6 +28,13 @@ from .tools.sources import KINDS
 # interpreter start and imports per worker. The library default stays spawn.
 _START_METHOD = "fork"
 
+# What a process killed by SIGPIPE reports to its shell (128 + 13).
+_EXIT_STDOUT_CLOSED = 141
+
+
+class _StdoutClosed(Exception):
+    """The reader of stdout (e.g. `head`) went away."""
+
 
 def main(argv=None):
     """Runs the command line ``argv`` (default: sys.argv[1:]); returns the exit status."""
@@ -30,6 +43,8 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or argparse's own usage error (status 2)
         return e.code if isinstance(e.code, int) else 2
+    except BrokenPipeError:  # --help into `head`
+        return _stdout_closed()
     if not getattr(args, "command", None):
         print("ffrecord: error: choose a command: convert, validate, info, cat, pack, unpack, bench "
               "(see ffrecord --help)", file=sys.stderr)
@@ -38,6 +53,8 @@ def main(argv=None):
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return args.run(args) or 0
+    except _StdoutClosed:
+        return _stdout_closed()
     except UsageError as e:
         return _fail(args.command, e, 2)
     except (ToolError, FFRecordError) as e:
@@ -47,6 +64,46 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"ffrecord {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _say(text):
+    """One line to stdout, flushed now, so a closed pipe shows up here and not
+    at interpreter exit."""
+    _write_out(lambda: (sys.stdout.write(text + "\n"), sys.stdout.flush()))
+
+
+def _write_out(write):
+    try:
+        write()
+    except BrokenPipeError:
+        raise _StdoutClosed() from None
+
+
+def _stdout_closed():
+    # Later flushes (at exit) must not fail again on the closed pipe.
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None  # stdout is not a file (captured): nothing buffered will reach a pipe
+    if fd is not None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return _EXIT_STDOUT_CLOSED
+
+
+def _require_dataset(path):
+    """A PATH argument that names no record file or dataset is a usage error
+    (exit 2), for every subcommand alike."""
+    from .dataset_paths import resolve
+
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file or directory")
+    if os.path.isdir(path):
+        try:
+            resolve(path)
+        except FileNotFoundError as e:
+            raise UsageError(str(e)) from None
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -81,8 +138,8 @@ def _convert(args):
         except EnvironmentFailure as e:
             return _fail("convert", e, 2)
         if not args.quiet:
-            print(f"wrote {args.paths[-1].rstrip('/')}/index.json: {len(doc['shards'])} shards, "
-                  f"{doc['records']} records, {format_size(doc['bytes'])}")
+            _say(f"wrote {args.paths[-1].rstrip('/')}/index.json: {len(doc['shards'])} shards, "
+                 f"{doc['records']} records, {format_size(doc['bytes'])} of shard files")
         return 0
     if len(args.paths) != 2:
         raise UsageError("convert takes SRC DST")
@@ -98,23 +155,24 @@ def _convert(args):
     except EnvironmentFailure as e:  # checking existing work hit the filesystem, not bad data
         return _fail("convert", e, 2)
     if not args.quiet:
-        rate = result.bytes / result.seconds / 1e6 if result.seconds > 0 else 0.0
-        line = (f"{result.dst}: wrote {len(result.written)} shard(s)"
-                + (f", {len(result.skipped)} already complete" if result.skipped else "")
-                + f"; {result.records} records, {format_size(result.bytes)} in {result.seconds:.1f} s"
-                + f" ({rate:.1f} MB/s)")
-        print(line)
+        # Source bytes are the records as taken from the source (before compression);
+        # shard bytes are the files on disk, this rank's shards written now or before.
+        rate = result.source_bytes / result.seconds if result.seconds > 0 else 0.0
+        _say(f"{result.dst}: wrote {len(result.written)} shard(s)"
+             + (f", {len(result.skipped)} already complete" if result.skipped else "")
+             + f"; {result.records} records; read {format_size(result.source_bytes)} of source records, "
+             + f"shard files hold {format_size(result.bytes)}; {result.seconds:.1f} s "
+             + f"({format_size(rate)}/s of source records)")
         if result.manifest_written:
-            print(f"{result.dst}: index.json lists all {result.shards} shard(s)")
+            _say(f"{result.dst}: index.json lists all {result.shards} shard(s)")
         else:
-            print(f"{result.dst}: left index.json to the rank that finishes last ({result.missing[0]} is not done "
-                  "yet); if no rank is still running, run `ffrecord convert --finalize DST`")
+            _say(f"{result.dst}: left index.json to the rank that finishes last ({result.missing[0]} is not done "
+                 "yet); if no rank is still running, run `ffrecord convert --finalize DST`")
     return 0
 
 
 def _validate(args):
     from .tools import progress, validate
-
     from .tools.errors import EnvironmentFailure
 
     try:
@@ -126,18 +184,22 @@ def _validate(args):
     except EnvironmentFailure as e:  # not a verdict on the data: kept apart from status 1
         return _fail("validate", e, 2)
     for p in result.problems:
-        print(f"BAD {p.describe()}")
+        _say(f"BAD {p.describe()}")
     if not args.quiet:
-        rate = result.bytes / result.seconds / 1e6 if result.seconds > 0 else 0.0
+        # The same bytes as the progress bar's total: records, plus whole files for their CRC32C.
+        read = result.bytes + result.file_bytes
+        rate = read / result.seconds if result.seconds > 0 else 0.0
         verdict = "all sound" if result.ok else f"{len(result.problems)} problem(s)"
-        print(f"checked {result.files} file(s), {result.records} records, {format_size(result.bytes)} "
-              f"in {result.seconds:.1f} s ({rate:.0f} MB/s): {verdict}")
+        whole_files = f" + {format_size(result.file_bytes)} whole-file CRC32C" if result.file_bytes else ""
+        _say(f"checked {result.files} file(s), {result.records} records: read {format_size(read)} "
+             f"({format_size(result.bytes)} of records{whole_files}) in {result.seconds:.1f} s "
+             f"({format_size(rate)}/s): {verdict}")
         for q in result.quarantine_files:
-            print(f"quarantine report: {q}")
+            _say(f"quarantine report: {q}")
         whole = [p for p in result.problems if p.index is None]
         if args.quarantine and whole:
-            print(f"note: readers of the dataset leave out the {len(whole)} file(s) with file-level problems; "
-                  "restore or reconvert those files")
+            _say(f"note: readers of the dataset leave out the {len(whole)} file(s) with file-level problems; "
+                 "restore or reconvert those files")
     return 0 if result.ok else 1
 
 
@@ -149,25 +211,27 @@ def _info(args):
             raise UsageError("info takes PATH (or --engine alone to show the I/O engine)")
         d = info.probe_engine()
     else:
+        _require_dataset(args.path)
         d = info.describe(args.path, engine=args.engine)
     if args.json:
-        print(json.dumps(d, indent=1, sort_keys=True, default=str))
+        _say(json.dumps(d, indent=1, sort_keys=True, default=str))
     else:
         for w in d.get("warnings", []):
             print(f"ffrecord: warning: {w}", file=sys.stderr)
-        print(info.format_text(d))
+        _say(info.format_text(d))
     return 0
 
 
 def _bench(args):
     from .tools import bench
 
+    _require_dataset(args.path)
     result = bench.bench(args.path, batch_size=args.batch_size, seconds=args.seconds, depth=args.depth,
                          direct=args.direct, check_data=not args.no_check)
     if args.json:
-        print(json.dumps(vars(result), indent=1, sort_keys=True))
+        _say(json.dumps(vars(result), indent=1, sort_keys=True))
     else:
-        print(bench.format_text(args.path, result))
+        _say(bench.format_text(args.path, result))
     return 0
 
 
@@ -175,13 +239,9 @@ def _cat(args):
     from .tools import packing
 
     by_key = True if args.key else (False if args.index else None)
-    data = packing.cat(args.path, args.which, by_key=by_key)
-    try:
-        sys.stdout.buffer.write(memoryview(data))
-        sys.stdout.buffer.flush()
-    except BrokenPipeError:
-        # The reader (e.g. `head`) went away; that is not an error of ours.
-        sys.stdout = None
+    _require_dataset(args.path)
+    data = packing.cat(args.path, args.which, by_key=by_key, part=args.part)
+    _write_out(lambda: (sys.stdout.buffer.write(memoryview(data)), sys.stdout.buffer.flush()))
     return 0
 
 
@@ -190,7 +250,7 @@ def _pack(args):
 
     n = packing.pack(args.folder, args.out, verbose=progress.wanted(args.quiet))
     if not args.quiet:
-        print(f"packed {n} file(s) into {args.out}")
+        _say(f"packed {n} file(s) into {args.out}")
     return 0
 
 
@@ -199,7 +259,7 @@ def _unpack(args):
 
     n = packing.unpack(args.file, args.out_dir, overwrite=args.overwrite)
     if not args.quiet:
-        print(f"unpacked {n} file(s) into {args.out_dir}")
+        _say(f"unpacked {n} file(s) into {args.out_dir}")
     return 0
 
 
@@ -283,13 +343,17 @@ def _parser():
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_info)
 
-    p = sub.add_parser("cat", help="write one record's bytes to stdout",
+    p = sub.add_parser("cat", help="write one record's bytes (or one part of it) to stdout",
                        description="Write record INDEX (a number) or KEY of PATH to stdout.")
     p.add_argument("path", metavar="PATH")
     p.add_argument("which", metavar="INDEX|KEY")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--key", action="store_true", help="treat the argument as a key even if it is a number")
     g.add_argument("--index", action="store_true", help="treat the argument as an index")
+    p.add_argument("--part", default=None, metavar="NAME",
+                   help="write only this part of the record, in the layout convert recorded: image or label "
+                        "(--from imagefolder; the label as decimal text), or a part name such as jpg or cls "
+                        "(--from tar/webdataset)")
     p.set_defaults(run=_cat)
 
     p = sub.add_parser("pack", help="pack a folder into one .ffr file")

@@ -14,8 +14,10 @@ __all__ = ["FileWriter"]
 class FileWriter:
     """Writes records to ``fname`` (format v2).
 
-    ``n`` is optional: when given, ``close()`` checks that exactly ``n`` records
-    were written. Records are buffered into a hidden temporary file beside
+    ``n`` is optional: when given, a write beyond ``n`` records raises
+    ``ValueError`` and writes nothing (the writer stays open, and closing it
+    keeps the ``n`` records written), and ``close()`` checks that exactly ``n``
+    records were written. Records are buffered into a hidden temporary file beside
     ``fname``; ``close()`` writes the index and footer, fsyncs and renames it
     into place, so ``fname`` never shows a partial file. Leaving a ``with``
     block through an exception, or calling ``abort()``, removes the temporary
@@ -71,6 +73,7 @@ class FileWriter:
             data = np.ascontiguousarray(data)
         if key is not None and not isinstance(key, str):
             raise TypeError(f"key must be a str, not {type(key).__name__}")
+        self._check_room(1)
         try:
             if self._encoder is not None:
                 self._core.write(self._encoder.encode(data), self._encoder.flags, key)
@@ -82,7 +85,12 @@ class FileWriter:
             ) from None
 
     def write_batch(self, datas, keys=None):
-        """Appends each record of ``datas`` (and its key, if ``keys`` is given)."""
+        """Appends each record of ``datas`` (and its key, if ``keys`` is given).
+        A batch that would go beyond ``n`` records is refused whole when its
+        length is known; from an iterator, the records up to ``n`` are written."""
+        if hasattr(datas, "__len__"):
+            self._check_open()
+            self._check_room(len(datas))
         if keys is None:
             for d in datas:
                 self.write_one(d)
@@ -111,6 +119,16 @@ class FileWriter:
     @property
     def closed(self):
         return not self._core.is_open
+
+    def _check_room(self, count):
+        # Refused here, at the write, so the records already written stay a
+        # valid file: close() still succeeds once exactly n have come.
+        if self.n is not None and self.count + count > self.n:
+            what = "one more record" if count == 1 else f"{count} more records"
+            raise ValueError(
+                f"{self.fname}: FileWriter was opened for n={self.n} records and holds {self.count}; "
+                f"{what} would exceed n (nothing of it was written)"
+            )
 
     def _check_open(self):
         if not self._core.is_open:

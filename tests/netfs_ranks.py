@@ -35,7 +35,11 @@ def _serve(conn, barrier):
         if job is None:
             return
         fn, args, env, together = job
-        os.environ.update(env)
+        for k, v in env.items():  # None unsets a variable
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         try:
             if together:
                 barrier.wait(timeout=60)

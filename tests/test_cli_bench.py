@@ -31,5 +31,5 @@ def test_bench_on_a_bad_file_is_a_one_line_error(tmp_path):
     res = run("bench", str(p), "--seconds", "0.1")
     assert res.returncode == 1
     assert res.stderr.count("\n") == 1 and "not a record file" in res.stderr
-    missing = run("bench", str(tmp_path / "missing.ffr"))
-    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    missing = run("bench", str(tmp_path / "missing.ffr"))  # a missing path is a usage error, as everywhere
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr

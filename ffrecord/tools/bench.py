@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..reader import FileReader
+from .errors import ToolError
 
 
 @dataclass
@@ -48,7 +49,7 @@ def bench(path, batch_size=256, seconds=3.0, depth=4, direct=False, check_data=T
     reader = FileReader(path, check_data=check_data, direct=direct)
     try:
         if reader.n == 0:
-            raise ValueError(f"{path}: the dataset has no records")
+            raise ToolError(f"{path}: the dataset has no records to read")
         rng = np.random.default_rng(seed)
 
         def plain():

@@ -47,7 +47,8 @@ class ConvertResult:
     written: list = field(default_factory=list)  # shard names this rank wrote
     skipped: list = field(default_factory=list)  # this rank's shards found complete
     records: int = 0  # in this rank's shards
-    bytes: int = 0
+    bytes: int = 0  # size of this rank's shard files (records, index, footer), done before or now
+    source_bytes: int = 0  # record bytes this run took from the source (uncompressed)
     manifest_written: bool = False  # False: this rank left index.json to the rank that finishes last
     missing: list = field(default_factory=list)  # a shard not done yet (the check stops at the first)
     seconds: float = 0.0
@@ -136,6 +137,8 @@ def convert(src, dst, kind=None, *, shard_size=None, records_per_shard=None, com
             (result.written if wrote else result.skipped).append(jobs[k].name)
             result.records += record["records"]
             result.bytes += record["bytes"]
+            if wrote:
+                result.source_bytes += record.get("raw_bytes") or 0
             if not wrote:
                 bar.update(record["records"])
     result.written.sort()

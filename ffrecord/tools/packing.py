@@ -12,6 +12,7 @@ import posixpath
 
 from .. import FileReader, PackedFolder, pack_folder
 from .errors import ToolError, UsageError
+from .records import LABELED, LAYOUT_KEY, PARTS, select_part
 
 
 def pack(folder, out_file, verbose=False):
@@ -62,8 +63,10 @@ def _check_safe(name, ffr_file):
         raise ToolError(f"{ffr_file}: refusing unsafe file name {name!r} (it would land outside the output directory)")
 
 
-def cat(path, which, by_key=None):
-    """The bytes of one record as a numpy uint8 array.
+def cat(path, which, by_key=None, part=None):
+    """The bytes of one record as a numpy uint8 array, or with ``part`` the
+    bytes of that part of it, in the layout ``ffrecord convert`` recorded
+    (``ffrecord.tools.records.select_part``).
 
     ``which`` is an index (an int, or a string of digits with an optional
     minus sign) unless ``by_key`` is True or it is not a number, in which case
@@ -89,4 +92,15 @@ def cat(path, which, by_key=None):
                 raise ToolError(f"{path}: no record with key {which!r}") from None
         if not -len(r) <= index < len(r):
             raise ToolError(f"{path}: record index {index} out of range ({len(r)} records)")
-        return r.read_one(index)
+        if part is None:
+            return r.read_one(index)
+        layout = r.metadata.get(LAYOUT_KEY) if isinstance(r.metadata, dict) else None
+        if layout not in (LABELED, PARTS):
+            raise UsageError(f"{path}: --part needs a layout with parts (labeled or parts, as written by "
+                             "`ffrecord convert --from imagefolder|tar`); its records are whole")
+        try:
+            return select_part(r.read_one(index), layout, part)
+        except KeyError as e:
+            raise UsageError(f"{path}: record {index}: {e.args[0]}") from None
+        except ValueError as e:
+            raise ToolError(f"{path}: record {index}: {e}") from None

@@ -36,8 +36,13 @@ def wanted(quiet=False, stream=None):
     return bool(isatty and isatty())
 
 
-def bar(total, desc, unit="rec", enabled=False):
-    """A tqdm bar when ``enabled``, else an object with the same methods that does nothing."""
+def bar(total, desc, unit="rec", enabled=False, binary=False):
+    """A tqdm bar when ``enabled``, else an object with the same methods that does nothing.
+    ``binary`` scales by 1024 and names the units KiB, MiB, ... as the summaries do."""
     if not enabled:
         return _Silent()
+    if binary:
+        # tqdm writes prefix + unit: "i" + "B" after K/M/G makes KiB/MiB/GiB.
+        return tqdm(total=total, desc=desc, unit="i" + unit, unit_scale=True, unit_divisor=1024,
+                    dynamic_ncols=True, file=sys.stderr)
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True, file=sys.stderr)

@@ -85,3 +85,24 @@ def _as_array(record):
     if isinstance(record, np.ndarray):
         return record.reshape(-1).view(np.uint8)
     return np.frombuffer(record, dtype=np.uint8)
+
+
+def select_part(record, layout, part):
+    """One part of a record as bytes: for ``labeled``, ``"image"`` (the image
+    file's bytes) or ``"label"`` (the label as decimal text and a newline);
+    for ``parts``, the payload of the part with that name. Raises KeyError
+    naming the parts there are, ValueError when the layout has no parts."""
+    if layout == LABELED:
+        image, label = decode_labeled(record)
+        if part == "image":
+            return image.tobytes()
+        if part == "label":
+            return f"{label}\n".encode()
+        raise KeyError(f"no part {part!r}; the labeled layout has 'image' and 'label'")
+    if layout == PARTS:
+        parts = decode_parts(record)
+        if part not in parts:
+            names = ", ".join(repr(n) for n in parts) or "none"
+            raise KeyError(f"no part {part!r}; this record has {names}")
+        return parts[part].tobytes()
+    raise ValueError("its records have no parts (no layout recorded by ffrecord convert)")

@@ -63,7 +63,8 @@ class Problem:
 class ValidateResult:
     files: int = 0  # files this rank checked
     records: int = 0
-    bytes: int = 0
+    bytes: int = 0  # record bytes read and checked against their CRC32C
+    file_bytes: int = 0  # whole-file bytes read for the CRC32C that index.json lists
     problems: list = field(default_factory=list)
     quarantine_files: list = field(default_factory=list)  # quarantine reports written
     seconds: float = 0.0
@@ -102,13 +103,17 @@ def validate(paths, *, workers=1, rank=None, world_size=None, quarantine=False, 
     split = workers if len(mine) < workers else 1  # few big files: split them across the workers
     for t in mine:
         jobs += _plan_file(t, result, shard_crc, split)
+    # The bar counts every byte read, records and whole files alike, as the summary does.
     total = sum(j[3] for j in jobs)
-    with progress.bar(total, "validate", unit="B", enabled=show_progress) as bar:
-        for _, (problems, records, nbytes) in pool.run(check_job, jobs, workers, lambda r, b: bar.update(b),
-                                                               start_method):
+    with progress.bar(total, "validate (bytes read)", unit="B", binary=True, enabled=show_progress) as bar:
+        for k, (problems, records, nbytes) in pool.run(check_job, jobs, workers, lambda r, b: bar.update(b),
+                                                       start_method):
             result.problems += problems
             result.records += records
-            result.bytes += nbytes
+            if jobs[k][0] == "crc":
+                result.file_bytes += nbytes
+            else:
+                result.bytes += nbytes
     result.files = len(mine)
     # A bad record also changes its file's CRC32C; the record says more, so keep only it.
     with_bad_records = {p.path for p in result.problems if p.index is not None}
@@ -132,8 +137,8 @@ def check_job(job, report):
         report(0, size)
         if crc != arg:
             return [Problem(path, f"file CRC32C {crc} differs from {arg} in {MANIFEST_NAME}",
-                            whole_file_crc=True, reason="checksum")], 0, 0
-        return [], 0, 0
+                            whole_file_crc=True, reason="checksum")], 0, size
+        return [], 0, size
     start, end = arg
     problems, nbytes = [], 0
     try:

@@ -78,8 +78,12 @@ class RecordDataset(torch.utils.data.Dataset):
 
     A sample is ``transform(decode(record))``: ``record`` is a 1-D numpy uint8
     array, ``decode`` a name from ``ffrecord.torch.decoders`` (``'raw'``, the
-    default; ``'bytes'``, ``'npy'``, ``'json'``, ``'pil'``; ``'pickle'`` only
-    when asked for) or any callable; ``transform`` any callable or None.
+    default; ``'bytes'``, ``'npy'``, ``'json'``, ``'pil'``, ``'labeled'``,
+    ``'parts'``; ``'pickle'`` only when asked for) or any callable;
+    ``transform`` any callable or None. A name follows the layout that
+    ``ffrecord convert`` recorded in the dataset's metadata: ``'pil'`` on a
+    converted image folder gives ``(image, label)``, ``'npy'`` on converted
+    ``.npy`` rows gives arrays of the source's dtype and shape.
     ``batch_transform``, when given, receives the list of samples of a batch
     (or the ``PackedBatch``) and returns what the DataLoader's ``collate_fn``
     gets.
@@ -104,12 +108,18 @@ class RecordDataset(torch.utils.data.Dataset):
         self.packed = bool(packed)
         if self.packed and (decode is not None or transform is not None):
             raise ValueError("packed=True returns raw bytes per batch: use batch_transform instead of decode/transform")
-        self.decode = get_decoder(decode)
         self.transform = transform
         self.batch_transform = batch_transform
         self._into_shared = True  # may packed batches be read straight into shared memory
         self._source = _ProcessLocalReader(path, check_data, direct)
-        self._len = self._source.get().n  # opens now: a bad path fails here, not in a worker
+        reader = self._source.get()  # opens now: a bad path fails here, not in a worker
+        self._len = reader.n
+        # A decoder name follows the layout the dataset's metadata records.
+        if isinstance(decode, str) and decode != "raw":
+            where = os.fspath(path) if isinstance(path, (str, os.PathLike)) else f"{len(reader.paths)} files"
+            self.decode = get_decoder(decode, reader.metadata, where=where)
+        else:
+            self.decode = get_decoder(decode)
 
     @property
     def reader(self):
