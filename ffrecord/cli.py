@@ -2,7 +2,9 @@
 
 Exit status, the same for every subcommand: 0 success, 1 the work failed or
 found bad data (the message says why), 2 a usage error (bad arguments, a
-missing path, a directory without record files, an unknown kind), 141 (as a
+missing path, a directory without record files, an unknown kind; for
+validate and convert also the filesystem refusing to let existing files be
+checked, which judges and changes nothing), 141 (as a
 program killed by SIGPIPE) when the reader of stdout went away, e.g.
 ``ffrecord info X | head -3``; that last one is silent. Errors a user can
 cause are reported on one line, without a traceback. Progress
@@ -126,11 +128,15 @@ def _os_message(e):
 # ---- subcommands ---------------------------------------------------------------
 def _convert(args):
     from .tools import convert, progress
+    from .tools.errors import EnvironmentFailure
 
     if args.finalize:
         if len(args.paths) not in (1, 2):
             raise UsageError("--finalize takes DST (or SRC DST)")
-        doc = convert.finalize(args.paths[-1])
+        try:
+            doc = convert.finalize(args.paths[-1])
+        except EnvironmentFailure as e:
+            return _fail("convert", e, 2)
         if not args.quiet:
             _say(f"wrote {args.paths[-1].rstrip('/')}/index.json: {len(doc['shards'])} shards, "
                  f"{doc['records']} records, {format_size(doc['bytes'])} of shard files")
@@ -138,13 +144,16 @@ def _convert(args):
     if len(args.paths) != 2:
         raise UsageError("convert takes SRC DST")
     shard_size = parse_size(args.shard_size) if args.shard_size is not None else None
-    result = convert.convert(
-        args.paths[0], args.paths[1], args.kind, shard_size=shard_size,
-        records_per_shard=args.records_per_shard, compression=args.compression,
-        zstd_dict=args.zstd_dict, zstd_dict_file=args.zstd_dict_file, workers=args.workers,
-        rank=args.rank, world_size=args.world_size, show_progress=progress.wanted(args.quiet),
-        start_method=_START_METHOD, key_column=args.key_column,
-    )
+    try:
+        result = convert.convert(
+            args.paths[0], args.paths[1], args.kind, shard_size=shard_size,
+            records_per_shard=args.records_per_shard, compression=args.compression,
+            zstd_dict=args.zstd_dict, zstd_dict_file=args.zstd_dict_file, workers=args.workers,
+            rank=args.rank, world_size=args.world_size, show_progress=progress.wanted(args.quiet),
+            start_method=_START_METHOD, key_column=args.key_column,
+        )
+    except EnvironmentFailure as e:  # checking existing work hit the filesystem, not bad data
+        return _fail("convert", e, 2)
     if not args.quiet:
         # Source bytes are the records as taken from the source (before compression);
         # shard bytes are the files on disk, this rank's shards written now or before.
@@ -157,19 +166,23 @@ def _convert(args):
         if result.manifest_written:
             _say(f"{result.dst}: index.json lists all {result.shards} shard(s)")
         else:
-            _say(f"{result.dst}: {len(result.missing)} of {result.shards} shard(s) belong to other ranks and are "
-                 "not done yet; the last rank to finish writes index.json (or run `ffrecord convert --finalize DST`)")
+            _say(f"{result.dst}: left index.json to the rank that finishes last ({result.missing[0]} is not done "
+                 "yet); if no rank is still running, run `ffrecord convert --finalize DST`")
     return 0
 
 
 def _validate(args):
     from .tools import progress, validate
+    from .tools.errors import EnvironmentFailure
 
-    result = validate.validate(
-        args.paths, workers=args.workers, rank=args.rank, world_size=args.world_size,
-        quarantine=args.quarantine, shard_crc=not args.no_shard_crc,
-        show_progress=progress.wanted(args.quiet), start_method=_START_METHOD,
-    )
+    try:
+        result = validate.validate(
+            args.paths, workers=args.workers, rank=args.rank, world_size=args.world_size,
+            quarantine=args.quarantine, shard_crc=not args.no_shard_crc,
+            show_progress=progress.wanted(args.quiet), start_method=_START_METHOD,
+        )
+    except EnvironmentFailure as e:  # not a verdict on the data: kept apart from status 1
+        return _fail("validate", e, 2)
     for p in result.problems:
         _say(f"BAD {p.describe()}")
     if not args.quiet:
@@ -182,7 +195,7 @@ def _validate(args):
              f"({format_size(result.bytes)} of records{whole_files}) in {result.seconds:.1f} s "
              f"({format_size(rate)}/s): {verdict}")
         for q in result.quarantine_files:
-            _say(f"updated {q}")
+            _say(f"quarantine report: {q}")
         whole = [p for p in result.problems if p.index is None]
         if args.quarantine and whole:
             _say(f"note: readers of the dataset leave out the {len(whole)} file(s) with file-level problems; "
@@ -314,10 +327,11 @@ def _parser():
 
     p = sub.add_parser("validate", help="check headers, indexes, record checksums and manifests",
                        description="Check files and dataset directories. Exit 0: all sound; 1: problems found "
-                                   "(listed on stdout); 2: usage error.")
+                                   "(listed on stdout); 2: usage error, or the filesystem refused an operation "
+                                   "(nothing judged, nothing written).")
     p.add_argument("paths", nargs="+", metavar="PATH", help=".ffr files or dataset directories")
     p.add_argument("--quarantine", action="store_true",
-                   help="record bad records in the dataset's quarantine.json so readers skip them")
+                   help="report bad records and files in the dataset's quarantine.d/ so readers skip them")
     p.add_argument("--no-shard-crc", action="store_true",
                    help="skip the whole-file CRC32C check against index.json (records are still checked)")
     _add_rank_options(p)

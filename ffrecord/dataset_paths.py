@@ -5,11 +5,15 @@ A dataset is one ``.ffr`` file, a list of them, or a directory. In a directory,
 under ``"shards": [{"path": <name relative to the directory>, ...}, ...]``;
 without it, the directory's ``*.ffr`` files are read in sorted order.
 
-``quarantine.json`` in a dataset directory (written by
-``ffrecord validate --quarantine``) lists records known to be bad as
-``{"records": [{"file": <shard name>, "index": <record index in that file>}, ...]}``
-and files unusable as a whole as ``{"files": [{"file": <shard name>}, ...]}``;
-readers of the directory skip both.
+A dataset directory may hold a quarantine (written by
+``ffrecord validate --quarantine``): reports in ``quarantine.d/``, and in
+datasets from older versions a single ``quarantine.json``. Their union names
+records known to be bad (``{"file": <shard name>, "index": <record index in
+that file>, "reason": ..., "error": ...}``) and files unusable as a whole
+(``{"file": <shard name>, ...}``); readers of the directory skip both.
+``ffrecord.quarantine`` documents the report schema, how the union is formed
+(per file, the newest report that checked it) and when a report written on
+another node becomes visible.
 """
 
 import json
@@ -17,10 +21,12 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from . import quarantine as quarantine_reports
 from .errors import FormatError
 
 MANIFEST_NAME = "index.json"
-QUARANTINE_NAME = "quarantine.json"
+QUARANTINE_NAME = quarantine_reports.LEGACY_NAME  # read for datasets of older versions
+QUARANTINE_DIR = quarantine_reports.REPORTS_DIR
 
 
 @dataclass
@@ -86,17 +92,9 @@ def resolve(fnames):
         paths = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".ffr") and not n.startswith("."))
         if not paths:
             raise FileNotFoundError(f"{path}: directory holds no .ffr files")
-    quarantine = []
-    qpath = os.path.join(path, QUARANTINE_NAME)
-    if os.path.exists(qpath):
-        q = load_json(qpath)
-        if not isinstance(q, dict) or not isinstance(q.get("records"), list):
-            raise FormatError(f"{qpath}: expected an object with a 'records' list")
-        quarantine = q["records"]
-        bad_files = {e.get("file") for e in q.get("files") or [] if isinstance(e, dict)}
-        skipped = [p for p in paths if os.path.basename(p) in bad_files]
-        paths = [p for p in paths if os.path.basename(p) not in bad_files]
-    else:
-        skipped = []
-    return Dataset(root=path, paths=paths, directory=path, manifest=manifest, quarantine=quarantine,
+    found = quarantine_reports.load(path)
+    bad_files = {e["file"] for e in found.files}
+    skipped = [p for p in paths if os.path.basename(p) in bad_files]
+    paths = [p for p in paths if os.path.basename(p) not in bad_files]
+    return Dataset(root=path, paths=paths, directory=path, manifest=manifest, quarantine=found.records,
                    skipped_files=skipped)

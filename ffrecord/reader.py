@@ -52,7 +52,7 @@ class FileReader:
             what = [f"{len(self._skip)} quarantined record(s)"] if self._skip is not None else []
             what += [f"{skipped_files} quarantined file(s)"] if skipped_files else []
             warnings.warn(
-                f"{self._dataset.root}: skipping {' and '.join(what)} listed in quarantine.json",
+                f"{self._dataset.root}: skipping {' and '.join(what)} listed in its quarantine",
                 stacklevel=2,
             )
         if self._skip is not None:

@@ -72,7 +72,7 @@ def test_two_ranks_in_sequence_each_write_only_their_shards(tmp_path):
     assert sorted(n for n in os.listdir(dst) if n.endswith(".ffr")) == [
         "shard-00000-of-00005.ffr", "shard-00002-of-00005.ffr", "shard-00004-of-00005.ffr"]
     assert not (dst / "index.json").exists()
-    assert "belong to other ranks" in r0.stdout
+    assert "left index.json to the rank that finishes last (shard-00001-of-00005.ffr is not done yet)" in r0.stdout
 
     r1 = run("convert", tmp_path / "db", dst, "--records-per-shard", 25, SLURM_PROCID=1, SLURM_NTASKS=2)
     assert r1.returncode == 0, r1.stderr

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import ffrecord
+from ffrecord import quarantine
 from ffrecord.cli import main
 from ffrecord.tools.validate import validate
 
@@ -118,10 +119,11 @@ def test_quarantine_lets_readers_skip_bad_records(tmp_path, capsys):
             r.read_one(44)
     capsys.readouterr()
     assert cli("validate", dst, "--quarantine") == 1
-    assert f"updated {dst / 'quarantine.json'}" in capsys.readouterr().out
-    doc = json.loads((dst / "quarantine.json").read_text())
-    assert [(e["file"], e["index"], e["key"]) for e in doc["records"]] == [
-        ("shard-00000-of-00003.ffr", 5, "r005"), ("shard-00002-of-00003.ffr", 4, "r044")]
+    reports = os.listdir(dst / "quarantine.d")
+    assert len(reports) == 1 and f"quarantine report: {dst / 'quarantine.d' / reports[0]}" in capsys.readouterr().out
+    doc = quarantine.load(dst)
+    assert [(e["file"], e["index"], e["key"], e["reason"]) for e in doc.records] == [
+        ("shard-00000-of-00003.ffr", 5, "r005", "checksum"), ("shard-00002-of-00003.ffr", 4, "r044", "checksum")]
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -134,16 +136,16 @@ def test_quarantine_lets_readers_skip_bad_records(tmp_path, capsys):
         with pytest.raises(KeyError):
             r.find("r044")
 
-    # A second run finds the same records and leaves the same quarantine.
-    before = doc["records"]
+    # A second run finds the same records and leaves the same quarantine, in one report.
     assert cli("validate", dst, "--quarantine", "-q") == 1
-    assert json.loads((dst / "quarantine.json").read_text())["records"] == before
+    assert quarantine.load(dst).records == doc.records
+    assert len(os.listdir(dst / "quarantine.d")) == 1
 
     # Converting the dataset again leaves the quarantined records out: a clean copy.
     capsys.readouterr()
     assert cli("convert", dst, tmp_path / "clean", "-q") == 0
     err = capsys.readouterr().err
-    assert err.strip() == f"ffrecord: warning: {dst}: skipping 2 quarantined record(s) listed in quarantine.json"
+    assert err.strip() == f"ffrecord: warning: {dst}: skipping 2 quarantined record(s) listed in its quarantine"
     assert cli("validate", tmp_path / "clean", "-q") == 0
     with ffrecord.FileReader(tmp_path / "clean") as clean:
         assert [clean.read_one(i).tobytes() for i in range(len(clean))] == good
@@ -158,7 +160,8 @@ def test_quarantine_from_two_ranks_merges(tmp_path):
     r1 = validate([dst], rank=1, world_size=2, quarantine=True)
     assert r0.files + r1.files == 3
     assert {p.index for p in r0.problems} == {1} and {p.index for p in r1.problems} == {2}
-    entries = json.loads((dst / "quarantine.json").read_text())["records"]
+    assert len(r0.quarantine_files) == len(r1.quarantine_files) == 1
+    entries = quarantine.load(dst).records
     assert [(e["file"], e["index"]) for e in entries] == [("shard-00000-of-00003.ffr", 1),
                                                           ("shard-00001-of-00003.ffr", 2)]
 
@@ -250,8 +253,8 @@ def test_quarantine_lets_readers_leave_out_a_truncated_shard(tmp_path, capsys):
     with pytest.raises(ffrecord.FormatError):
         ffrecord.FileReader(dst)
     assert cli("validate", dst, "--quarantine", "-q") == 1
-    doc = json.loads((dst / "quarantine.json").read_text())
-    assert [e["file"] for e in doc["files"]] == [shard.name]
+    doc = quarantine.load(dst)
+    assert [(e["file"], e["reason"]) for e in doc.files] == [(shard.name, "format")]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         r = ffrecord.FileReader(dst)

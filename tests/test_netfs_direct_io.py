@@ -89,6 +89,7 @@ def test_validate_quarantine_of_a_healthy_dataset_quarantines_nothing(dataset):
     assert rc == 0, out + err
     assert "BAD" not in out
     assert not os.path.exists(os.path.join(dataset.backing, "quarantine.json"))
+    assert not os.path.exists(os.path.join(dataset.backing, "quarantine.d"))
 
 
 def shard_identity(path):

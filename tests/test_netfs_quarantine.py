@@ -1,7 +1,6 @@
 """Two ranks quarantine bad records at the same moment, each through its own node of
-a network filesystem: both findings must end up in quarantine.json (no lost update)."""
+a network filesystem: both findings must end up in the quarantine (no lost update)."""
 
-import json
 import os
 import shutil
 import warnings
@@ -9,6 +8,7 @@ import warnings
 import pytest
 
 import ffrecord
+from ffrecord import quarantine
 from ffrecord.cli import main
 from damage import flip_byte
 from netfs_ranks import RankPool, cli
@@ -65,11 +65,10 @@ def race(pool, netdir):
 
 
 def quarantined(path, shards):
-    """The (shard, index) pairs listed in path's quarantine.json."""
-    with open(os.path.join(path, "quarantine.json")) as f:
-        doc = json.load(f)
-    assert doc["files"] == []
-    return sorted((shards.index(r["file"]), r["index"]) for r in doc["records"])
+    """The (shard, index) pairs in force in path's quarantine."""
+    doc = quarantine.load(path)
+    assert doc.files == [] and all(r["reason"] == "checksum" for r in doc.records)
+    return sorted((shards.index(r["file"]), r["index"]) for r in doc.records)
 
 
 def assert_bad_records_skipped(path, shards):

@@ -8,7 +8,7 @@ the command line:
   jsonl, npy, Parquet, Arrow IPC, Hugging Face, TFRecord, record files) into a directory of shards plus ``index.json``;
   the source readers live in ``ffrecord.tools.sources``.
 - ``validate``: check every header, index, record checksum and manifest entry;
-  optionally record bad records in ``quarantine.json``.
+  optionally record bad records in the dataset's ``quarantine.d/`` (``ffrecord.quarantine``).
 - ``info``: describe a file or dataset.
 - ``packing``: ``pack`` / ``unpack`` a folder; ``cat``: one record's bytes.
 - ``records``: the record layouts that ``convert`` writes for image folders

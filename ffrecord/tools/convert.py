@@ -12,8 +12,9 @@ The lifecycle of one rank (every rank runs the same steps on its own):
    temporary file, fsynced and renamed on close, so a killed conversion leaves
    no partial shard under a final name) and record its size and CRC32C.
 4. If every shard of the plan is now recorded, write ``index.json``
-   atomically. Ranks that finish earlier leave it to the last one;
-   ``finalize(DST)`` writes it from the records alone.
+   atomically. Ranks that finish earlier leave it to the last one (see
+   ``_finish`` for why one always sees every record); ``finalize(DST)``
+   writes it from the records alone.
 
 Rerunning the same command after a crash redoes only the missing shards and
 ends with the same bytes as an uninterrupted run.
@@ -30,7 +31,7 @@ from .. import FFRecordError, FileReader, FileWriter
 from ..codec import parse_compression, train_dictionary
 from . import distributed, manifest, plan, pool, progress
 from .convert_state import STATE_DIR, ConvertState
-from .errors import ToolError, UsageError
+from .errors import EnvironmentFailure, ToolError, UsageError
 from .sources import detect_kind, open_source
 from .sources.ffr import CONVERT_KEY
 
@@ -48,8 +49,8 @@ class ConvertResult:
     records: int = 0  # in this rank's shards
     bytes: int = 0  # size of this rank's shard files (records, index, footer), done before or now
     source_bytes: int = 0  # record bytes this run took from the source (uncompressed)
-    manifest_written: bool = False
-    missing: list = field(default_factory=list)  # shards still missing (other ranks)
+    manifest_written: bool = False  # False: this rank left index.json to the rank that finishes last
+    missing: list = field(default_factory=list)  # a shard not done yet (the check stops at the first)
     seconds: float = 0.0
 
 
@@ -145,7 +146,9 @@ def convert(src, dst, kind=None, *, shard_size=None, records_per_shard=None, com
                 bar.update(record["records"])
     result.written.sort()
     result.skipped.sort()
-    result.manifest_written, result.missing = _finish(state, names, fingerprint)
+    # Others' shards first: this rank's are done, and the first missing one ends the check.
+    others_first = [n for k, n in enumerate(names) if k % world != rank] + [names[k] for k in mine]
+    result.manifest_written, result.missing = _finish(state, names, fingerprint, check_order=others_first)
     result.seconds = time.monotonic() - started
     return result
 
@@ -251,9 +254,12 @@ def _check_dst(dst, src):
         raise UsageError(f"{dst}: exists and is not a directory (DST is the output directory)")
     if os.path.abspath(src) == dst:
         raise UsageError("SRC and DST are the same path")
-    if os.path.isdir(dst) and not os.path.exists(os.path.join(dst, STATE_DIR)):
+    state = os.path.join(dst, STATE_DIR)
+    if os.path.isdir(dst) and not os.path.exists(state):
         visible = [n for n in os.listdir(dst) if not n.startswith(".")]
-        if visible:
+        # Another rank creates the state before any shard: shards seen with the state
+        # now present are that rank's work, not a foreign directory.
+        if visible and not os.path.exists(state):
             raise UsageError(
                 f"{dst}: not empty and holds no conversion to resume ({visible[0]}, ...); choose an empty directory"
             )
@@ -285,30 +291,48 @@ def _dictionary(state, source, inventory, options):
 
 
 def _existing_shard(job, state):
-    """The shard's record if its file is complete and belongs to this plan, else None."""
+    """The shard's record if its file is complete and belongs to this plan, else
+    None (absent, damaged or foreign: it is written again). An OSError while
+    checking says nothing about the shard, so it fails the run instead: a
+    complete shard is never rewritten because a mount misbehaved."""
     path = os.path.join(job.dst, job.name)
-    if not os.path.exists(path):
+    try:
+        os.stat(path)
+    except FileNotFoundError:
         return None
+    except OSError as e:
+        raise _environment(e, path, "look up the existing shard") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with FileReader(path, check_data=False) as r:
+            with FileReader([path], check_data=False) as r:
                 info = r.file_info(0)
-    except (FFRecordError, OSError, ValueError):
-        return None  # damaged or foreign: written again
+    except (FFRecordError, ValueError):
+        return None  # damaged or not a record file
+    except OSError as e:
+        raise _environment(e, path, "open the existing shard to check it") from None
     meta = info["metadata"].get(CONVERT_KEY, {}) if isinstance(info["metadata"], dict) else {}
     if info["records"] != job.count or meta.get("fingerprint") != job.fingerprint or meta.get("shard") != job.index:
         return None
     record = state.load_shard(job.name)
-    size = os.path.getsize(path)
+    size = info["file_size"]
     if record is not None and record.get("fingerprint") == job.fingerprint and record.get("bytes") == size:
         return record
     # Finished but not recorded (stopped between the rename and the record): record it now.
-    size, crc = manifest.file_crc32c(path)
+    try:
+        size, crc = manifest.file_crc32c(path)
+    except OSError as e:
+        raise _environment(e, path, "read the existing shard") from None
     record = {"path": job.name, "records": job.count, "first": job.first, "bytes": size,
               "raw_bytes": meta.get("raw_bytes"), "crc32c": crc, "fingerprint": job.fingerprint}
     state.save_shard(record)
     return record
+
+
+def _environment(e, path, doing):
+    return EnvironmentFailure.from_os_error(
+        e, path, doing, "the filesystem refused, which says nothing about the shard, so it was not rewritten; "
+                        "fix the mount or permissions and rerun")
 
 
 def _remove_stale_temporaries(dst, name):
@@ -321,15 +345,25 @@ def _remove_stale_temporaries(dst, name):
             pass
 
 
-def _finish(state, names, fingerprint):
-    """Writes index.json when every shard is recorded; returns (written, missing names)."""
-    # One directory listing tells most ranks that others are still at work, without
-    # reading a record per shard (which, for many ranks and shards, loads a shared filesystem).
-    present = set(os.listdir(state.dst))
-    missing = [n for n in names if n not in present]
-    if missing:
-        return False, missing
-    records, missing = state.finished(names, fingerprint)
+def _finish(state, names, fingerprint, check_order=None):
+    """Writes index.json when every shard is recorded; returns (written, missing names).
+
+    Why the last rank always writes it, without locks and despite cached
+    listings: records are found by opening their names (a name this client has
+    not looked up before is asked of the server; a directory listing may be
+    served from a cache that is seconds old), and each rank checks only after
+    renaming its own records into place. So of two ranks finishing together,
+    the one that checks later sees the other's records, and writes the
+    manifest. Both may write it: the content is identical and each write is a
+    rename of a complete temporary file. With ``check_order`` (the names in
+    the order to look them up) the check stops at the first shard not done: an
+    early rank learns that with a lookup or two, not one per shard."""
+    if check_order is None:
+        records, missing = state.finished(names, fingerprint)
+    else:
+        records, missing = state.finished(check_order, fingerprint, stop_at_missing=True)
+        position = {n: k for k, n in enumerate(names)}
+        records.sort(key=lambda rec: position[rec["path"]])
     if missing:
         return False, missing
     doc = state.load_plan()

@@ -12,16 +12,26 @@ filesystem:
   re-reads the shards.
 - ``zstd.dict``: the trained dictionary, created once (exclusively) so every
   rank, and every rerun, compresses with the same one.
+
+Ranks on different nodes coordinate through this directory without locks:
+``plan.json`` and ``zstd.dict`` are claimed by ``link()``, which the server
+decides (the first one wins, a later one fails with EEXIST); every other file
+has a single writer; temporary names carry host, pid and random bits; and
+records are looked up by opening their names directly, never through a
+directory listing, which a network client may cache for many seconds.
 """
 
 import os
-import uuid
+import time
 
+from .._atomic import fsync_dir, link_once, unique_tag
 from ..dataset_paths import load_json
-from .errors import UsageError
-from .manifest import fsync_dir, write_json_atomic
+from ..errors import FFRecordError
+from .errors import EnvironmentFailure, ToolError, UsageError
+from .manifest import write_json_atomic
 
 STATE_DIR = ".ffrecord-convert"
+PUBLISHED_WAIT_S = 60  # beyond the directory attribute caches of common clients (sshfs 20 s, NFS acdirmax 60 s)
 
 
 class ConvertState:
@@ -47,9 +57,12 @@ class ConvertState:
         """Stores ``plan`` unless one is there; refuses a different one."""
         self.prepare()
         path = os.path.join(self.root, "plan.json")
-        if not os.path.exists(path):
-            _create_exclusive(path, plan)
-        current = load_json(path)
+        if not os.path.exists(path) and _create_exclusive(path, plan):
+            current = plan
+        else:
+            current = _read_published(path, load_json)
+        if not isinstance(current, dict):
+            raise UsageError(f"{path}: not a conversion plan; convert into an empty directory")
         if current.get("fingerprint") != plan["fingerprint"]:
             raise UsageError(
                 f"{self.dst}: holds (part of) another conversion "
@@ -63,29 +76,47 @@ class ConvertState:
         return os.path.join(self.shards_dir, name + ".json")
 
     def load_shard(self, name):
+        """The record of shard ``name``, or None when there is none (or it is
+        damaged: the shard is then checked again). Opened by name: a fresh
+        lookup, where a listing could be a cached, stale one."""
         path = self._record_path(name)
-        if not os.path.exists(path):
-            return None
         try:
-            return load_json(path)
-        except (OSError, ValueError):
-            return None  # a damaged record: the shard is checked again
+            doc = load_json(path)
+        except FileNotFoundError:
+            return None
+        except (FFRecordError, ValueError):  # damaged (not JSON, not UTF-8)
+            return None
+        except OSError as e:
+            raise EnvironmentFailure.from_os_error(
+                e, path, "read this shard's record", "the filesystem refused; nothing was rewritten") from None
+        return doc if isinstance(doc, dict) else None
 
     def save_shard(self, record):
         write_json_atomic(self._record_path(record["path"]), record)
 
-    def finished(self, names, fingerprint):
-        """(records in order, names missing) for the shards ``names``."""
+    def finished(self, names, fingerprint, stop_at_missing=False):
+        """(records in order, names missing) for the shards ``names``: a shard
+        is finished when its record is there, is of this plan, and its file has
+        the recorded size. ``stop_at_missing`` returns at the first missing one."""
         records, missing = [], []
         for name in names:
             rec = self.load_shard(name)
-            path = os.path.join(self.dst, name)
-            if (rec is None or rec.get("fingerprint") != fingerprint or not os.path.exists(path)
-                    or os.path.getsize(path) != rec.get("bytes")):
+            if rec is None or rec.get("fingerprint") != fingerprint or self._size(name) != rec.get("bytes"):
                 missing.append(name)
+                if stop_at_missing:
+                    break
             else:
                 records.append(rec)
         return records, missing
+
+    def _size(self, name):
+        path = os.path.join(self.dst, name)
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise EnvironmentFailure.from_os_error(e, path, "look it up", "the filesystem refused") from None
 
     # ---- dictionary -------------------------------------------------------
     def load_dictionary(self):
@@ -99,27 +130,47 @@ class ConvertState:
         """Stores ``data`` unless another rank was first; returns the stored one."""
         self.prepare()
         path = os.path.join(self.root, "zstd.dict")
-        tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
+        tmp = f"{path}.{unique_tag()}.tmp"
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         try:
-            os.link(tmp, path)  # fails if it exists: the first dictionary wins
-        except FileExistsError:
-            pass
+            won = link_once(tmp, path)  # the first dictionary wins
         finally:
             os.unlink(tmp)
         fsync_dir(self.root)
-        return self.load_dictionary()
+        return data if won else _read_published(path, _read_bytes)
 
 
 def _create_exclusive(path, doc):
-    tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
+    """Publishes ``doc`` as ``path`` unless it exists; returns whether this call did."""
+    tmp = f"{path}.{unique_tag()}.tmp"
     write_json_atomic(tmp, doc)
     try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
+        return link_once(tmp, path)
     finally:
         os.unlink(tmp)
+
+
+def _read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _read_published(path, read):
+    """Reads a file another rank just published. The server said it exists (our
+    link lost), but this client may hold a cached "no such file" for the name
+    (NFS caches negative lookups until the directory's attributes expire), so
+    a miss is retried for up to PUBLISHED_WAIT_S before it is an error."""
+    deadline = time.monotonic() + PUBLISHED_WAIT_S
+    delay = 0.05
+    while True:
+        try:
+            return read(path)
+        except FileNotFoundError:
+            if time.monotonic() >= deadline:
+                raise ToolError(f"{path}: another rank created it, but it is still not visible here after "
+                                f"{PUBLISHED_WAIT_S} s; check the shared filesystem and rerun") from None
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)

@@ -22,9 +22,9 @@ can check and describe a dataset without opening every shard::
 
 import json
 import os
-import uuid
 
 from .. import __version__
+from .._atomic import write_bytes
 from .._core import crc32c
 from ..dataset_paths import MANIFEST_NAME, load_json
 
@@ -38,34 +38,9 @@ def tool_version():
 
 
 def write_json_atomic(path, doc):
-    """Writes ``doc`` to ``path`` via a unique temporary file that is fsynced and
-    renamed, then fsyncs the directory: readers see the old file or the new one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
-    data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode("utf-8")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(directory)
-
-
-def fsync_dir(directory):
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on directories; the rename is done
-        pass
-    finally:
-        os.close(fd)
+    """Writes ``doc`` to ``path`` atomically and durably (``ffrecord._atomic``):
+    readers on any node see the old file or the new one."""
+    write_bytes(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def file_crc32c(path):

@@ -11,14 +11,19 @@ Work is split by file across ranks (file ``k`` belongs to rank
 The result lists every problem found: a file that cannot be used at all
 (``index`` None) or a single bad record (with its index and key).
 
-``quarantine=True`` records the bad records of the files this rank checked in
-their dataset directory's ``quarantine.json`` (``ffrecord.dataset_paths``
-documents the schema; readers of the directory then skip those records). The
-file is updated under a lock, replacing earlier entries of the files checked
-now and keeping the others, so ranks and reruns can share it.
+Only the data can make a problem: a ``FormatError`` or ``ChecksumError``, a
+missing file, or a count, size or whole-file checksum that differs from
+``index.json``. An ``OSError`` (EIO, EACCES, ENODEV, ESTALE, ...) says nothing
+about the data; it stops the run with ``EnvironmentFailure`` before anything is
+written, so a flaky mount can never quarantine healthy shards.
+
+``quarantine=True`` adds one report per dataset directory, naming the files
+this rank checked and what was bad in them, to ``DIR/quarantine.d/``
+(``ffrecord.quarantine``: no shared file is edited and no lock is needed, so
+ranks on many nodes and reruns can report at once; readers of the directory
+skip the union, where a file's newest report wins).
 """
 
-import fcntl
 import os
 import time
 import warnings
@@ -27,10 +32,11 @@ from typing import Optional
 
 import numpy as np
 
-from .. import FFRecordError, FileReader
-from ..dataset_paths import MANIFEST_NAME, QUARANTINE_NAME, load_json, resolve
+from .. import ChecksumError, FFRecordError, FileReader
+from .. import quarantine as quarantine_reports
+from ..dataset_paths import MANIFEST_NAME, resolve
 from . import distributed, manifest, pool, progress
-from .errors import UsageError
+from .errors import EnvironmentFailure, UsageError
 
 CHUNK_BYTES = 256 << 20
 BATCH_RECORDS = 512
@@ -44,6 +50,7 @@ class Problem:
     index: Optional[int] = None  # None: the file as a whole
     key: Optional[str] = None
     whole_file_crc: bool = False  # only the file's CRC32C differs from index.json
+    reason: str = "format"  # one of ffrecord.quarantine.REASONS
 
     def describe(self):
         where = self.path if self.index is None else f"{self.path}: record {self.index}"
@@ -59,7 +66,7 @@ class ValidateResult:
     bytes: int = 0  # record bytes read and checked against their CRC32C
     file_bytes: int = 0  # whole-file bytes read for the CRC32C that index.json lists
     problems: list = field(default_factory=list)
-    quarantine_files: list = field(default_factory=list)  # quarantine.json files written
+    quarantine_files: list = field(default_factory=list)  # quarantine reports written
     seconds: float = 0.0
 
     @property
@@ -126,51 +133,74 @@ def check_job(job, report):
         try:
             size, crc = manifest.file_crc32c(path)
         except OSError as e:
-            return [Problem(path, f"cannot read: {e.strerror}")], 0, 0
+            raise _environment(e, path, "read it") from None
         report(0, size)
         if crc != arg:
             return [Problem(path, f"file CRC32C {crc} differs from {arg} in {MANIFEST_NAME}",
-                            whole_file_crc=True)], 0, size
+                            whole_file_crc=True, reason="checksum")], 0, size
         return [], 0, size
     start, end = arg
     problems, nbytes = [], 0
-    with _open(path) as r:
-        has_keys = r.file_info(0)["has_keys"]
-        lengths = r.lengths(np.arange(start, end))
-        batches = _batches(start, end, lengths)
-        pos = 0
-        while pos < len(batches):
-            try:
-                for _ in r.prefetch(batches[pos:], depth=4):
+    try:
+        with _open(path) as r:
+            has_keys = r.file_info(0)["has_keys"]
+            lengths = r.lengths(np.arange(start, end))
+            batches = _batches(start, end, lengths)
+            pos = 0
+            while pos < len(batches):
+                try:
+                    for _ in r.prefetch(batches[pos:], depth=4):
+                        size = int(lengths[batches[pos].start - start:batches[pos].stop - start].sum())
+                        nbytes += size
+                        report(len(batches[pos]), size)
+                        pos += 1
+                except FFRecordError:
+                    # Some record of this batch is bad: find which, one by one.
+                    for i in batches[pos]:
+                        try:
+                            r.read_one(i)
+                        except FFRecordError as e:
+                            problems.append(Problem(path, _reason(e, path), i, r.key(i) if has_keys else None,
+                                                    reason=_kind(e)))
                     size = int(lengths[batches[pos].start - start:batches[pos].stop - start].sum())
                     nbytes += size
                     report(len(batches[pos]), size)
                     pos += 1
-            except (FFRecordError, OSError):
-                for i in batches[pos]:
-                    try:
-                        r.read_one(i)
-                    except (FFRecordError, OSError) as e:
-                        problems.append(Problem(path, _reason(e, path), i, r.key(i) if has_keys else None))
-                size = int(lengths[batches[pos].start - start:batches[pos].stop - start].sum())
-                nbytes += size
-                report(len(batches[pos]), size)
-                pos += 1
+    except OSError as e:
+        raise _environment(e, path, "read its records") from None
     return problems, end - start, nbytes
 
 
 # ---- internals ---------------------------------------------------------------
 def _open(path):
+    # A list of one: the path is a record file, never taken for a dataset directory.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return FileReader(path, check_data=True)
+        return FileReader([path], check_data=True)
+
+
+def _environment(e, path, doing):
+    return EnvironmentFailure.from_os_error(
+        e, path, doing, "the filesystem refused, which says nothing about the data: "
+                        "nothing was judged and no quarantine was written; fix the mount or permissions and rerun")
+
+
+def _stat(path):
+    """os.stat(path), or None when it does not exist; any other OSError is the environment's."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise _environment(e, path, "look it up") from None
+
+
+def _kind(exc):
+    return "checksum" if isinstance(exc, ChecksumError) else "format"
 
 
 def _reason(exc, path):
-    if isinstance(exc, OSError) and exc.strerror:
-        msg = exc.strerror
-    else:
-        msg = str(exc)
+    msg = str(exc)
     prefix = f"{path}: "
     return msg[len(prefix):] if msg.startswith(prefix) else msg
 
@@ -189,53 +219,65 @@ def _batches(start, end, lengths):
 
 def _expand(path, problems):
     """The files to check for one PATH; manifest problems go to ``problems``."""
-    if not os.path.exists(path):
+    st = _stat(path)
+    if st is None:
         raise UsageError(f"{path}: no such file or directory")
     if not os.path.isdir(path):
         return [_Target(path, os.path.dirname(os.path.abspath(path)))]
+    manifest_path = os.path.join(path, MANIFEST_NAME)
     try:
         ds = resolve(path)
     except FFRecordError as e:
-        # A broken index.json: report it, and still check the directory's shards.
-        problems.append(Problem(os.path.join(path, MANIFEST_NAME), _reason(e, os.path.join(path, MANIFEST_NAME))))
-        names = sorted(n for n in os.listdir(path) if n.endswith(".ffr") and not n.startswith("."))
+        # A broken index.json (or quarantine report): report it, and still check the directory's shards.
+        named = str(e).split(": ", 1)[0]
+        where = named if named.startswith(path) else path
+        problems.append(Problem(where, _reason(e, where)))
+        try:
+            names = sorted(n for n in os.listdir(path) if n.endswith(".ffr") and not n.startswith("."))
+        except OSError as e:
+            raise _environment(e, path, "list it") from None
         return [_Target(os.path.join(path, n), path) for n in names]
     except FileNotFoundError as e:
         raise UsageError(str(e)) from None
+    except OSError as e:
+        raise _environment(e, path, "read the dataset directory") from None
     if ds.manifest is None:
-        return [_Target(p, path) for p in ds.paths]
+        return [_Target(p, path) for p in sorted(ds.paths + ds.skipped_files)]  # quarantined files too
     entries = ds.manifest["shards"]
     counted = ds.manifest.get("records")
     listed = sum(e.get("records", 0) for e in entries if isinstance(e.get("records"), int))
     if isinstance(counted, int) and counted != listed:
-        problems.append(Problem(os.path.join(path, MANIFEST_NAME),
-                                f"says {counted} records but its shards add up to {listed}"))
-    return [_Target(p, path, e) for p, e in zip(ds.paths, entries)]
+        problems.append(Problem(manifest_path, f"says {counted} records but its shards add up to {listed}"))
+    return [_Target(os.path.join(path, e["path"]), path, e) for e in entries]
 
 
 def _plan_file(t, result, shard_crc, split):
     """Jobs for one file, after the checks that need no record reads. The
     records are cut into ranges of about CHUNK_BYTES, and into at least
     ``split`` ranges when the file is large enough to be worth it."""
-    if not os.path.exists(t.path):
+    if _stat(t.path) is None:
         where = f" (listed in {MANIFEST_NAME})" if t.entry is not None else ""
-        result.problems.append(Problem(t.path, f"missing{where}"))
+        result.problems.append(Problem(t.path, f"missing{where}", reason="missing"))
         return []
     try:
         with _open(t.path) as r:
             info = r.file_info(0)
             lengths = r.lengths(np.arange(r.n)) if r.n else np.empty(0, np.uint64)
-    except (FFRecordError, OSError) as e:
-        result.problems.append(Problem(t.path, _reason(e, t.path)))
+    except FFRecordError as e:
+        result.problems.append(Problem(t.path, _reason(e, t.path), reason=_kind(e)))
         return []
+    except OSError as e:
+        raise _environment(e, t.path, "open it") from None
     n, size = info["records"], info["file_size"]
     jobs = []
     if t.entry is not None:
         want_n, want_size = t.entry.get("records"), t.entry.get("bytes")
         if want_n is not None and want_n != n:
-            result.problems.append(Problem(t.path, f"holds {n} records; {MANIFEST_NAME} says {want_n}"))
+            result.problems.append(Problem(t.path, f"holds {n} records; {MANIFEST_NAME} says {want_n}",
+                                           reason="mismatch"))
         if want_size is not None and want_size != size:
-            result.problems.append(Problem(t.path, f"is {size} bytes; {MANIFEST_NAME} says {want_size}"))
+            result.problems.append(Problem(t.path, f"is {size} bytes; {MANIFEST_NAME} says {want_size}",
+                                           reason="mismatch"))
         elif shard_crc and t.entry.get("crc32c"):
             jobs.append(("crc", t.path, t.entry["crc32c"], size))
     data_bytes = int(lengths.sum())
@@ -249,50 +291,31 @@ def _plan_file(t, result, shard_crc, split):
 
 
 def _write_quarantine(targets, problems):
-    """Updates quarantine.json in each dataset directory of ``targets``."""
+    """Adds one quarantine report per dataset directory of ``targets``; returns their paths."""
     by_dir = {}
     for t in targets:
-        by_dir.setdefault(t.dataset_dir, set()).add(os.path.basename(t.path))
+        by_dir.setdefault(os.path.abspath(t.dataset_dir), set()).add(os.path.basename(t.path))
     written = []
     for directory, checked in by_dir.items():
-        mine = [p for p in problems if os.path.basename(p.path) in checked
-                and os.path.dirname(os.path.abspath(p.path)) == os.path.abspath(directory)]
-        path = os.path.join(directory, QUARANTINE_NAME)
-        with _locked(directory):
-            doc = load_json(path) if os.path.exists(path) else None
-            if doc is None and not mine:
+        records, files = [], []
+        for p in problems:
+            name = os.path.basename(p.path)
+            if name not in checked or os.path.dirname(os.path.abspath(p.path)) != directory:
                 continue
-            doc = doc if isinstance(doc, dict) else {}
-            records = [e for e in doc.get("records", []) if isinstance(e, dict) and e.get("file") not in checked]
-            files = [e for e in doc.get("files", []) if isinstance(e, dict) and e.get("file") not in checked]
-            for p in mine:
-                entry = {"file": os.path.basename(p.path), "error": p.error}
-                if p.index is None:
-                    files.append(entry)
-                else:
-                    entry["index"] = p.index
-                    if p.key:
-                        entry["key"] = p.key
-                    records.append(entry)
-            records.sort(key=lambda e: (e["file"], e["index"]))
-            files.sort(key=lambda e: e["file"])
-            manifest.write_json_atomic(path, {"version": 1, "tool": manifest.tool_version(),
-                                              "records": records, "files": files})
-        written.append(path)
+            entry = {"file": name, "reason": p.reason, "error": p.error}
+            if p.index is None:
+                files.append(entry)
+            else:
+                entry["index"] = p.index
+                if p.key:
+                    entry["key"] = p.key
+                records.append(entry)
+        try:
+            path = quarantine_reports.write_report(directory, checked, records, files, manifest.tool_version())
+        except OSError as e:
+            raise EnvironmentFailure.from_os_error(
+                e, e.filename or directory, "write the quarantine report",
+                "no report was written; rerun once the directory is writable") from None
+        if path is not None:
+            written.append(path)
     return written
-
-
-class _locked:
-    """An exclusive POSIX lock on DIR/.quarantine.lock (works across nodes on NFS v4 and Lustre)."""
-
-    def __init__(self, directory):
-        self.path = os.path.join(directory, ".quarantine.lock")
-
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.lockf(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.lockf(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)

@@ -1,7 +1,7 @@
 """``--from ffrecord``: record files (v1 or v2) -> a v2 dataset.
 
 SRC is a ``.ffr`` file or a dataset directory (with or without ``index.json``;
-records listed in its ``quarantine.json`` are left out). Records are read with
+records in force in its quarantine are left out). Records are read with
 checksum verification and decoded, so the output may use another shard size
 or compression than the input: this upgrades v1 files, re-shards and
 re-compresses. Keys are kept when the input has them; the first file's user

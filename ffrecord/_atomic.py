@@ -1,0 +1,73 @@
+"""Durable, all-or-nothing file writes under names no other writer can pick.
+
+Several processes on several machines write into the same directories of a
+shared filesystem (ranks of ``ffrecord convert`` and ``ffrecord validate``).
+Two rules keep them from stepping on each other without any lock:
+
+- every temporary or per-writer name carries ``unique_tag()``: the host name,
+  the process id and random bits (a pid alone repeats across machines, and
+  random bits alone say nothing about who left a file behind);
+- content appears under its final name only by ``rename``, after an fsync, so
+  a reader on any node sees the old file or the whole new one.
+"""
+
+import os
+import re
+import secrets
+import socket
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def unique_tag():
+    """'<host>-<pid>-<12 random hex digits>', safe inside a file name."""
+    host = _UNSAFE.sub("_", socket.gethostname() or "host")[:64].strip(".") or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def write_bytes(path, data):
+    """Writes ``data`` to ``path`` through a uniquely named temporary file in the
+    same directory, fsynced and renamed, then fsyncs the directory."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{unique_tag()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(directory)
+
+
+def link_once(tmp, path):
+    """Publishes the complete file ``tmp`` as ``path`` unless ``path`` exists;
+    returns whether this call published it. ``link`` is decided by the server,
+    so of several writers on several nodes exactly one wins. Some network
+    filesystems answer a link onto an existing name with a generic error
+    (sshfs reports EPERM) rather than EEXIST, so any failure is a lost race
+    when ``path`` is there afterwards."""
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        if os.path.exists(path):
+            return False
+        raise
+
+
+def fsync_dir(directory):
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories; the rename is done
+        pass
+    finally:
+        os.close(fd)
