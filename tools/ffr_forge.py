@@ -20,7 +20,7 @@ U64 = (1 << 64) - 1
 
 
 def record_crc(stored, flags):
-    return crc32c(struct.pack("<QI", len(stored), flags), crc32c(stored))
+    return crc32c(struct.pack("<QI", len(stored), flags & 0xFFFFFFFF), crc32c(stored))
 
 
 @dataclass
