@@ -51,9 +51,12 @@ case "$job" in
       shift
       # The extension, rebuilt with ASan + UBSan into build/asan (the normal build stays).
       rm -rf build/asan && mkdir -p build/asan && cp -r ffrecord build/asan/ && rm -f build/asan/ffrecord/_core*.so
-      CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -O1 -g" \
-        LDFLAGS="-fsanitize=address,undefined" \
-        "$VPY" setup.py -q build_ext -b build/asan -t build/asan-obj -j 2
+      # The C++ sources compile with $CXX (CFLAGS would not reach them).
+      san="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+      rm -rf build/asan-obj
+      CXX="g++ $san" LDFLAGS="$san" "$VPY" setup.py -q build_ext -b build/asan -t build/asan-obj -j 2
+      nm -D --undefined-only build/asan/ffrecord/_core*.so | grep -q __asan_report \
+        || { echo "the sanitizer build is not instrumented" >&2; exit 1; }
       # Python itself is not instrumented: the ASan runtime must be loaded first,
       # with libstdc++ beside it; CPython's own allocations are not leaks to report.
       export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
