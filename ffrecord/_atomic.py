@@ -36,11 +36,13 @@ def write_bytes(path, data):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and not e.filename:  # a failed write names no file by itself
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     fsync_dir(directory)
 

@@ -20,7 +20,6 @@ Rerunning the same command after a crash redoes only the missing shards and
 ends with the same bytes as an uninterrupted run.
 """
 
-import glob
 import os
 import time
 import warnings
@@ -178,7 +177,6 @@ def write_shard(job, report):
     if done is not None:
         return done, False
     path = os.path.join(job.dst, job.name)
-    _remove_stale_temporaries(job.dst, job.name)
     convert_meta = {"fingerprint": job.fingerprint, "shard": job.index, "first": job.first,
                     "source": job.kind, "tool": manifest.tool_version()}
     metadata = dict(job.metadata, **{CONVERT_KEY: convert_meta})
@@ -333,16 +331,6 @@ def _environment(e, path, doing):
     return EnvironmentFailure.from_os_error(
         e, path, doing, "the filesystem refused, which says nothing about the shard, so it was not rewritten; "
                         "fix the mount or permissions and rerun")
-
-
-def _remove_stale_temporaries(dst, name):
-    # FileWriter's temporaries are '.<name>.<pid>.<random>.tmp'; a shard has a single
-    # owner, so any left over belongs to a run of that owner that was killed.
-    for tmp in glob.glob(os.path.join(glob.escape(dst), f".{glob.escape(name)}.*.tmp")):
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
 
 
 def _finish(state, names, fingerprint, check_order=None):

@@ -33,6 +33,7 @@ import shutil
 import uuid
 
 from .. import FileWriter
+from .._atomic import fsync_dir
 from ..codec import parse_compression
 from . import manifest, plan
 from .columns import ColumnError, RowEncoder
@@ -186,7 +187,7 @@ class StagedDataset:
         if os.path.isdir(self.dst):
             os.rmdir(self.dst)  # empty (checked): replaced by the finished dataset
         os.rename(self.staging, self.dst)
-        manifest.fsync_dir(os.path.dirname(self.dst))
+        fsync_dir(os.path.dirname(self.dst))
         return doc
 
     def abort(self):
