@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
@@ -110,8 +111,12 @@ void raise_first_error(const std::vector<Slot>& slots, const std::vector<std::un
     if (files.size() > 1) rec += " (dataset index " + std::to_string(indices[i]) + ")";
     if (err == kBadChecksum)
       throw Error(ErrorKind::kChecksum, f.path() + ": checksum mismatch in record " + rec);
-    if (err == kIoEof)
-      throw_format(f.path(), "file is shorter than its index says (truncated?) while reading record " + rec);
+    if (err == kIoEof) {
+      std::string why = f.change_since_open();
+      if (why.empty()) why = "truncated?";
+      else why += ": open it again";
+      throw_format(f.path(), "file is shorter than its index says (" + why + ") while reading record " + rec);
+    }
     throw_io(f.path(), "read failed for record " + rec, err);
   }
 }
@@ -126,6 +131,20 @@ Reader::Reader(const std::vector<std::string>& paths, ReaderOptions options)
     starts_.push_back(total_);
     total_ += files_.back()->size();
     has_codec_ = has_codec_ || files_.back()->has_codec();
+  }
+  engine_kind_ = kind_;
+  if (kind_ == EngineKind::kAuto || kind_ == EngineKind::kMmap) {
+    if (!files_.empty()) choice_reason_ = engine_for(files_[0]->filesystem()).reason;
+    for (const auto& f : files_) {
+      EngineChoice c = engine_for(f->filesystem());
+      if (c.kind == EngineKind::kAuto) continue;
+      engine_kind_ = c.kind;
+      choice_reason_ = c.reason;
+      break;
+    }
+  } else {
+    const char* v = std::getenv("FFRECORD_ENGINE");
+    choice_reason_ = std::string("forced with FFRECORD_ENGINE=") + (v ? v : "");
   }
   // Create one engine now: a forced io_uring that the kernel refuses fails at
   // open, not at the first read, and the engine name is known up front. A bad
@@ -163,7 +182,7 @@ std::unique_ptr<IoEngine> Reader::acquire_engine() const {
     }
   }
   std::string reason;
-  auto e = make_engine(kind_, &reason);
+  auto e = make_engine(engine_kind_, &reason);
   std::lock_guard<std::mutex> lock(engines_mu_);
   engine_name_ = e->name();
   if (!reason.empty()) fallback_reason_ = reason;
@@ -176,13 +195,43 @@ void Reader::release_engine(std::unique_ptr<IoEngine> engine) const {
 }
 
 std::string Reader::engine_name() const {
-  if (kind_ == EngineKind::kMmap) return "mmap";
+  if (kind_ == EngineKind::kMmap && mapping_available()) return "mmap";
   std::lock_guard<std::mutex> lock(engines_mu_);
   return engine_name_;
 }
 
 ReadStats Reader::stats() const {
   return {mapped_batches_.load(std::memory_order_relaxed), engine_batches_.load(std::memory_order_relaxed)};
+}
+
+bool Reader::mapping_available() const {
+  for (const auto& f : files_)
+    if (!f->mappable()) return false;
+  return true;
+}
+
+std::string Reader::filesystem() const {
+  std::vector<std::string> names;
+  for (const auto& f : files_)
+    if (std::find(names.begin(), names.end(), f->filesystem().name) == names.end())
+      names.push_back(f->filesystem().name);
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+std::string Reader::engine_reason() const {
+  std::string out = choice_reason_;
+  const std::string fallback = fallback_reason();
+  if (!fallback.empty()) out += "; io_uring unavailable (" + fallback + "), so a pool of pread threads";
+  for (const auto& f : files_) {
+    if (f->mappable()) continue;
+    out += "; " + f->filesystem().name + " refuses shared mappings (" + std::strerror(f->mapping_error()) +
+           "), so every read goes through the engine, none through the page-cache fast path";
+    break;
+  }
+  if (options_.direct) out += "; direct=True: O_DIRECT reads, never the page-cache fast path";
+  return out;
 }
 
 std::string Reader::fallback_reason() const {
