@@ -790,6 +790,12 @@ MappedParts CheckpointFileReader::map_verified(const ReadPart* parts, size_t n) 
   MappedParts out;
   out.offsets = part_offsets(parts, n);
   const uint64_t* at = out.offsets.data();
+  // A filesystem that refuses shared mappings (FUSE direct_io) keeps file
+  // data out of the page cache on purpose; a private mapping would force it
+  // in, and the views could not share pages with other processes. Refused.
+  if (!file_->data_map() && !file_->mappable())
+    throw_io(path_, "cannot map the file: mapped reads need a filesystem that can map files, and this one refuses",
+             file_->mapping_error());
   out.mapping = std::make_shared<PrivateFileMapping>(fd_, file_->file_size(), path_);
   std::vector<Task> tasks = plan_tasks(parts, at, n);
 

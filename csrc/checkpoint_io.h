@@ -201,8 +201,9 @@ struct MappedParts {
 //
 // Where the filesystem refuses to map files (RecordFile::mappable), buffered
 // reads use pread with the same read-ahead window, and direct reads treat
-// every span as uncached. map_verified then throws Error(kIo) if even a
-// private mapping is refused.
+// every span as uncached, and map_verified throws Error(kIo) with the errno
+// the shared mapping gave (a private mapping may work there, but would pull
+// into the page cache what the mount keeps out of it).
 class CheckpointFileReader {
  public:
   explicit CheckpointFileReader(const std::string& path, CheckpointReaderOptions options = {});  // throws Error

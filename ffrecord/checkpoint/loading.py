@@ -372,8 +372,8 @@ class Checkpoint:
             except OSError as e:
                 if e.errno not in _MAP_REFUSED:
                     raise
-                raise OSError(e.errno, f"{e.strerror}: load(mmap=True) needs a filesystem that can map files; "
-                              "load() or load(direct=True) read this checkpoint with pread instead") from e
+                raise OSError(e.errno, f"{e.strerror}; load(mmap=True) is not possible here: use load() or "
+                              "load(direct=True), which read the checkpoint with pread on such a filesystem") from e
             if bad >= 0:
                 raise self._checksum_error(batch[bad])
             for p, at in zip(batch, offsets.tolist()):
@@ -524,9 +524,9 @@ def load(path, map_location=None, trusted=False, keys=None, dataset=None, direct
 
     On a filesystem that refuses to map files (sshfs with ``-o direct_io``
     refuses shared mappings), the default and ``direct=True`` loads read with
-    ``pread`` instead; ``mmap=True`` needs at least private mappings (which
-    that sshfs mount allows) and raises OSError saying so where they are
-    refused too. See docs/SHARED_FS.md.
+    ``pread`` instead, and ``mmap=True`` raises OSError saying so (such a
+    mount keeps file data out of the page cache on purpose, so there are no
+    shared pages to view). See docs/SHARED_FS.md.
 
     Raises FileNotFoundError when nothing is at ``path``, FormatError when it
     is not a complete checkpoint, ChecksumError when bytes are damaged.
