@@ -15,3 +15,41 @@ def golden_v1():
     if not os.path.isdir(GOLDEN_V1):
         pytest.fail(f"golden v1 files missing at {GOLDEN_V1}")
     return GOLDEN_V1
+
+
+# ---- the two-node network filesystem (tests/netfs_rig.py) -----------------
+# Session-scoped: each rig starts on first use and is torn down at the end.
+
+def _netfs_rig(options=(), latency_ms=0.0):
+    import netfs_rig
+
+    reason = netfs_rig.unavailable_reason(latency=latency_ms > 0)
+    if reason:
+        pytest.skip(reason)
+    return netfs_rig.NetFSRig(options=options, latency_ms=latency_ms)
+
+
+@pytest.fixture(scope="session")
+def netfs():
+    """One export mounted on node A and node B with sshfs's default options."""
+    with _netfs_rig() as rig:
+        yield rig
+
+
+@pytest.fixture(scope="session")
+def netfs_direct_io():
+    """Mounted with -o direct_io: no page cache, and mmap(MAP_SHARED) fails with ENODEV."""
+    with _netfs_rig(options=("direct_io",)) as rig:
+        yield rig
+
+
+# sshfs's cache=no turns off its own caches only; the kernel's attribute and entry
+# timeouts (1 s) go too, so a node never sees a stale size or name.
+NO_CACHE = ("cache=no", "attr_timeout=0", "entry_timeout=0", "negative_timeout=0")
+
+
+@pytest.fixture(scope="session")
+def netfs_cache_no():
+    """Mounted with -o cache=no and zero kernel timeouts: every stat and lookup asks the server."""
+    with _netfs_rig(options=NO_CACHE) as rig:
+        yield rig

@@ -16,6 +16,19 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 VPY="$VENV/bin/python"
 
+# The network-filesystem rig of the tests (tests/netfs_rig.py) needs sshfs, sshd and
+# fusermount3; its tests skip, saying why, where they cannot be installed.
+need_apt=()
+command -v sshfs >/dev/null || need_apt+=(sshfs)
+{ [ -x /usr/sbin/sshd ] || command -v sshd >/dev/null; } || need_apt+=(openssh-server)
+command -v fusermount3 >/dev/null || need_apt+=(fuse3)
+case "${1:-demo}" in test|bench) ;; *) need_apt=() ;; esac  # the demo needs none of it
+if [ ${#need_apt[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "== installing ${need_apt[*]} (apt)"
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}"; } >/dev/null 2>&1 \
+    || echo "(could not install ${need_apt[*]}: the network-filesystem tests will skip)"
+fi
+
 stamp="$VENV/.ffrecord-deps"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "== installing dependencies into $VENV"
