@@ -254,8 +254,16 @@ void Reader::plan_batch(Plan& plan, const uint64_t* indices, size_t n, bool merg
   int direct_fd = -1;
   uint64_t align = 1;  // O_DIRECT alignment of direct_file
   size_t direct_file = SIZE_MAX;
+  size_t checked_file = SIZE_MAX;
   for (size_t i = 0; i < n; ++i) {
     auto [f, local] = locate(indices[i]);
+    if (f != checked_file) {
+      // A mapped index past the file's new end must not be read (SIGBUS).
+      if (files_[f]->index_mapped() && !files_[f]->still_full_size())
+        throw_format(files_[f]->path(), "file is shorter than its index says (" + files_[f]->change_since_open() +
+                                            ": open it again) while reading record " + std::to_string(local));
+      checked_file = f;
+    }
     Slot& s = plan.slots[i];
     s.entry = files_[f]->entry(local);
     s.local = local;

@@ -187,15 +187,20 @@ void RecordFile::map_region(uint64_t begin, uint64_t end) {
   uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   uint64_t start = begin / page * page;
   map_len_ = static_cast<size_t>(end - start);
-  map_ = ::mmap(nullptr, map_len_, PROT_READ, MAP_SHARED, fd_, static_cast<off_t>(start));
+  // On a shared filesystem another node may delete or replace the file while
+  // it is open here; a mapped index page read then would fault (SIGBUS on
+  // ESTALE), so the index is held in memory there.
+  map_ = fs_.shared() ? MAP_FAILED : ::mmap(nullptr, map_len_, PROT_READ, MAP_SHARED, fd_, static_cast<off_t>(start));
   if (map_ == MAP_FAILED) {
     map_ = nullptr;
     map_len_ = 0;
-    const int err = errno;
-    if (!mapping_refused(err)) throw_io(path_, "cannot map the index", err);
-    // This filesystem cannot map files: hold a private copy of the region.
-    mappable_ = false;
-    map_errno_ = err;
+    if (!fs_.shared()) {
+      const int err = errno;
+      if (!mapping_refused(err)) throw_io(path_, "cannot map the index", err);
+      // This filesystem cannot map files: hold a private copy of the region.
+      mappable_ = false;
+      map_errno_ = err;
+    }
     owned_.resize(static_cast<size_t>(end - begin));
     if (read_at(owned_.data(), owned_.size(), begin, "cannot read the index") != owned_.size())
       throw_format(path_, "truncated: the file ends inside its index");

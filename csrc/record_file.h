@@ -4,6 +4,8 @@
 // the filesystem refuses a shared mapping (e.g. FUSE with direct_io: ENODEV),
 // the index, keys, metadata and dictionary are read into memory instead,
 // data_map() gives nullptr, and every record read goes through a descriptor.
+// On shared filesystems they are read into memory too: a file deleted on
+// another node makes mapped pages that are not cached fault.
 //
 // open() checks, before anything can be read: magic and version (or a
 // well-formed v1 prefix), header/footer/index checksums, and that every record
@@ -98,6 +100,10 @@ class RecordFile {
   // be read then (a read past the end of a file raises SIGBUS), so callers
   // read through the descriptor, which reports the truncation as an error.
   bool still_full_size() const;
+  // True when the index is read from a mapping of the file (local
+  // filesystems), which must not be read once the file shrank; on shared
+  // filesystems, and where mapping is refused, it is held in memory.
+  bool index_mapped() const { return map_ != nullptr; }
   // Why a read may have come back short: "" when the file looks as it did at
   // open, else a sentence such as "the file shrank from A to B bytes since
   // it was opened" or "the file was replaced since it was opened".
