@@ -168,6 +168,15 @@ void RecordFile::open_and_validate() {
   if (::fstat(fd_, &now) == 0 && static_cast<uint64_t>(now.st_size) != file_size_)
     throw_format(path_, "the file changed while it was opened (size " + std::to_string(file_size_) + ", then " +
                             std::to_string(now.st_size) + " bytes)");
+  // Where the index was not mapped, whether the file can be is learnt now,
+  // so mappable() answers from the start.
+  if (!map_ && mappable()) {
+    try {
+      data_map();
+    } catch (const Error&) {
+      // Not the filesystem's refusal (e.g. ENOMEM): tried again on first use.
+    }
+  }
 }
 
 size_t RecordFile::read_at(void* dst, size_t len, uint64_t off, const char* what) const {
