@@ -507,8 +507,8 @@ EngineChoice engine_for(const FilesystemInfo& fs) {
   switch (fs.kind) {
     case FilesystemClass::kFuse:
       return {EngineKind::kThreads,
-              fs.name + " is a FUSE filesystem: a pool of pread threads (io_uring hands every buffered read there "
-                        "to a kernel worker; measured 2.5x slower cold)"};
+              fs.name + " is a FUSE filesystem: a pool of pread threads (io_uring hands every read there to a "
+                        "kernel worker, and measured slower cold)"};
     case FilesystemClass::kNetwork:
       return {EngineKind::kThreads,
               fs.name + " is a network filesystem: a pool of pread threads (io_uring hands buffered reads there "

@@ -134,6 +134,8 @@ Reader::Reader(const std::vector<std::string>& paths, ReaderOptions options)
   }
   engine_kind_ = kind_;
   if (kind_ == EngineKind::kAuto || kind_ == EngineKind::kMmap) {
+    // FFRECORD_ENGINE=mmap copies buffered reads from the mapping; what the
+    // mapping cannot serve goes to the filesystem's engine, as for auto.
     if (!files_.empty()) choice_reason_ = engine_for(files_[0]->filesystem()).reason;
     for (const auto& f : files_) {
       EngineChoice c = engine_for(f->filesystem());
@@ -222,6 +224,7 @@ std::string Reader::filesystem() const {
 
 std::string Reader::engine_reason() const {
   std::string out = choice_reason_;
+  if (kind_ == EngineKind::kMmap) out = "forced with FFRECORD_ENGINE=mmap (reads the mapping cannot serve: " + out + ")";
   const std::string fallback = fallback_reason();
   if (!fallback.empty()) out += "; io_uring unavailable (" + fallback + "), so a pool of pread threads";
   for (const auto& f : files_) {
@@ -259,7 +262,7 @@ void Reader::plan_batch(Plan& plan, const uint64_t* indices, size_t n, bool merg
     auto [f, local] = locate(indices[i]);
     if (f != checked_file) {
       // A mapped index past the file's new end must not be read (SIGBUS).
-      if (files_[f]->index_mapped() && !files_[f]->still_full_size())
+      if (!files_[f]->index_readable())
         throw_format(files_[f]->path(), "file is shorter than its index says (" + files_[f]->change_since_open() +
                                             ": open it again) while reading record " + std::to_string(local));
       checked_file = f;

@@ -221,6 +221,7 @@ void RecordFile::map_region(uint64_t begin, uint64_t end) {
   // random-access (no readahead), which would fault a cold index in one page
   // at a time; ask for all of it at once instead.
   ::madvise(map_, map_len_, MADV_WILLNEED);
+  map_end_ = end;
   view_ = static_cast<const uint8_t*>(map_);
   view_begin_ = start;
 }
@@ -396,6 +397,11 @@ bool RecordFile::count_missing_pages(uint64_t offset, uint64_t length, uint64_t*
   for (unsigned char r : resident) *missing += !(r & 1);
   *pages = resident.size();
   return true;
+}
+
+bool RecordFile::index_readable() const {
+  struct stat st;
+  return !map_ || (::fstat(fd_, &st) == 0 && static_cast<uint64_t>(st.st_size) >= map_end_);
 }
 
 bool RecordFile::still_full_size() const {

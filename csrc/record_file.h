@@ -100,10 +100,11 @@ class RecordFile {
   // be read then (a read past the end of a file raises SIGBUS), so callers
   // read through the descriptor, which reports the truncation as an error.
   bool still_full_size() const;
-  // True when the index is read from a mapping of the file (local
-  // filesystems), which must not be read once the file shrank; on shared
-  // filesystems, and where mapping is refused, it is held in memory.
-  bool index_mapped() const { return map_ != nullptr; }
+  // False when the index is read from a mapping of the file (local
+  // filesystems) and the file has shrunk below the index's end: reading it
+  // then would fault (SIGBUS). On shared filesystems, and where mapping is
+  // refused, the index is held in memory and always readable. One fstat.
+  bool index_readable() const;
   // Why a read may have come back short: "" when the file looks as it did at
   // open, else a sentence such as "the file shrank from A to B bytes since
   // it was opened" or "the file was replaced since it was opened".
@@ -142,6 +143,7 @@ class RecordFile {
   // The mapping: view_ points at file offset view_begin_.
   void* map_ = nullptr;
   size_t map_len_ = 0;
+  uint64_t map_end_ = 0;  // file offset where the mapped region ends
   const uint8_t* view_ = nullptr;
   uint64_t view_begin_ = 0;
   const uint8_t* index_ = nullptr;  // v2: IndexEntry[N]; v1: crc[N] then offset[N]
