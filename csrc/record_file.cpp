@@ -48,10 +48,6 @@ uint32_t direct_io_alignment(int fd) {
 // a + b <= limit without overflow.
 bool fits(uint64_t a, uint64_t b, uint64_t limit) { return a <= limit && b <= limit - a; }
 
-}  // namespace
-
-namespace {
-
 // Errors an open may see while a replaced file's new content is still
 // arriving on this node (stale size, stale pages): worth another open.
 bool may_be_in_flux(const Error& e) {
@@ -99,9 +95,10 @@ std::unique_ptr<RecordFile> RecordFile::open(const std::string& path) {
       }
       if (!f->fs_.shared()) throw;  // a local file: damaged, reported as found
       char secs[32];
-      std::snprintf(secs, sizeof(secs), "%.2g", f->reopen_wait_);
+      std::snprintf(secs, sizeof(secs), "%g", f->reopen_wait_);
       std::string why = path_differs(path, f->opened_)
-                            ? "the file changed while it was being opened"
+                            ? "the file changed while it was being opened (replaced on another node, and seen "
+                              "late through this node's attribute cache?)"
                             : "the file is truncated or damaged, or it was replaced on another node and this "
                               "node still holds its old size or pages in its attribute cache";
       throw Error(e.kind(),
