@@ -171,3 +171,22 @@ def test_info_engine_alone_probes_the_temporary_directory(no_engine_env):
     assert res.returncode == 0, res.stderr
     d = json.loads(res.stdout)
     assert d["filesystem"] and d["engine"] in ("io_uring", "threads", "pread") and d["engine_reason"]
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_a_checkpoint_file_that_shrank_after_open_says_so(tmp_path, no_engine_env, direct):
+    import torch
+
+    from ffrecord.checkpoint import Checkpoint, save
+
+    state = {"a": torch.ones(10), "w": torch.arange(100_000, dtype=torch.float32)}
+    save(state, tmp_path / "ck")
+    data = sorted(p for p in os.listdir(tmp_path / "ck") if p.startswith("data"))
+    assert len(data) == 1
+    target = str(tmp_path / "ck" / data[0])
+    with Checkpoint(tmp_path / "ck", direct=direct) as c:
+        assert torch.equal(c.load(["a"])["a"], state["a"])  # the data file is open now
+        os.truncate(target, 8192)
+        with pytest.raises(ffrecord.FormatError) as e:
+            c.load(["w"])
+    assert target in str(e.value) and "shrank" in str(e.value)
