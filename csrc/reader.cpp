@@ -117,6 +117,9 @@ void raise_first_error(const std::vector<Slot>& slots, const std::vector<std::un
       else why += ": open it again";
       throw_format(f.path(), "file is shorter than its index says (" + why + ") while reading record " + rec);
     }
+    if (err == ESTALE)  // NFS: the server no longer has the file this reader opened
+      throw_io(f.path(), "read failed for record " + rec + " (the file was deleted or replaced on another node "
+                         "since it was opened: open it again)", err);
     throw_io(f.path(), "read failed for record " + rec, err);
   }
 }
