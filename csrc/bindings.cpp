@@ -171,6 +171,9 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("has_codec", &Reader::has_codec)
       .def_property_readonly("engine", &Reader::engine_name)
       .def_property_readonly("fallback_reason", &Reader::fallback_reason)
+      .def_property_readonly("filesystem", &Reader::filesystem)
+      .def_property_readonly("engine_reason", &Reader::engine_reason)
+      .def_property_readonly("mapping_available", &Reader::mapping_available)
       .def("stats",
            [](const Reader& r) {
              ReadStats st = r.stats();
@@ -190,6 +193,8 @@ PYBIND11_MODULE(_core, m) {
                rf.direct_fd();
                d["direct_alignment"] = rf.direct_align();
              }
+             d["filesystem"] = rf.filesystem().name;
+             d["mappable"] = rf.mappable();
              d["version"] = rf.version();
              d["records"] = rf.size();
              d["file_size"] = rf.file_size();

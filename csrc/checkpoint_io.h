@@ -198,6 +198,12 @@ struct MappedParts {
 // span is read with O_DIRECT into an aligned per-thread buffer and copied to
 // its destination, leaving the page cache as it was. Where the filesystem
 // refuses O_DIRECT, reads are plain preads.
+//
+// Where the filesystem refuses to map files (RecordFile::mappable), buffered
+// reads use pread with the same read-ahead window, and direct reads treat
+// every span as uncached, and map_verified throws Error(kIo) with the errno
+// the shared mapping gave (a private mapping may work there, but would pull
+// into the page cache what the mount keeps out of it).
 class CheckpointFileReader {
  public:
   explicit CheckpointFileReader(const std::string& path, CheckpointReaderOptions options = {});  // throws Error
@@ -233,6 +239,8 @@ class CheckpointFileReader {
   // in_cache: every page of the span is cached (then read with pread, not O_DIRECT).
   void read_span(uint8_t* dst, uint64_t length, uint64_t offset, bool in_cache, Bounce& bounce);
   uint64_t read_direct(uint8_t* dst, uint64_t length, uint64_t offset, Bounce& bounce);
+  // Throws Error(kFormat) for a read that ended early, saying whether the file shrank or was replaced.
+  [[noreturn]] void throw_short() const;
 
   std::string path_;
   CheckpointReaderOptions options_;

@@ -503,6 +503,24 @@ EngineKind engine_kind_from_env() {
   throw_value(std::string("FFRECORD_ENGINE must be auto, mmap, io_uring, threads or pread, got '") + v + "'");
 }
 
+EngineChoice engine_for(const FilesystemInfo& fs) {
+  switch (fs.kind) {
+    case FilesystemClass::kFuse:
+      return {EngineKind::kThreads,
+              fs.name + " is a FUSE filesystem: a pool of pread threads (io_uring hands every read there to a "
+                        "kernel worker, and measured slower cold)"};
+    case FilesystemClass::kNetwork:
+      return {EngineKind::kThreads,
+              fs.name + " is a network filesystem: a pool of pread threads (io_uring hands buffered reads there "
+                        "to kernel workers, with no gain over threads)"};
+    case FilesystemClass::kLocal:
+      return {EngineKind::kAuto, fs.name + " is a local filesystem: io_uring where the kernel allows it"};
+    case FilesystemClass::kUnknown:
+      break;
+  }
+  return {EngineKind::kAuto, fs.name + " is not a filesystem this build knows: io_uring where the kernel allows it"};
+}
+
 std::unique_ptr<IoEngine> make_engine(EngineKind kind, std::string* fallback_reason) {
   switch (kind) {
     case EngineKind::kPread:

@@ -5,7 +5,8 @@
 //              with a bounded number of requests in flight; small O_DIRECT
 //              reads go through a small, fixed staging area.
 // make_engine() picks io_uring where the kernel allows it and threads
-// otherwise; FFRECORD_ENGINE=pread|threads|io_uring forces one.
+// otherwise; FFRECORD_ENGINE=pread|threads|io_uring forces one. Which kind a
+// reader asks for by default depends on the filesystem (engine_for).
 //
 // An engine instance is used by one thread at a time and belongs to the
 // process that created it (a ring must never be shared across fork); the
@@ -17,6 +18,8 @@
 #include <memory>
 #include <string>
 #include <type_traits>
+
+#include "filesystem.h"
 
 namespace ffrecord {
 
@@ -78,6 +81,18 @@ enum class EngineKind { kAuto, kPread, kThreads, kIoUring, kMmap };
 
 // Parses FFRECORD_ENGINE (empty/unset = auto). Throws Error(kValue) on junk.
 EngineKind engine_kind_from_env();
+
+// The engine a reader uses by default for files on `fs`, and why (one
+// sentence that names the filesystem). Local filesystems get kAuto
+// (io_uring where the kernel allows it); network and FUSE filesystems get
+// kThreads: there io_uring cannot complete a buffered read without blocking
+// and hands each one to a kernel worker, which measured slower cold than a
+// pool of pread threads on FUSE (docs/SHARED_FS.md).
+struct EngineChoice {
+  EngineKind kind;
+  std::string reason;
+};
+EngineChoice engine_for(const FilesystemInfo& fs);
 
 // Creates an engine of the given kind; kAuto (and kMmap) fall back from io_uring to
 // threads, recording why in *fallback_reason. A forced io_uring that the

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
@@ -110,8 +111,15 @@ void raise_first_error(const std::vector<Slot>& slots, const std::vector<std::un
     if (files.size() > 1) rec += " (dataset index " + std::to_string(indices[i]) + ")";
     if (err == kBadChecksum)
       throw Error(ErrorKind::kChecksum, f.path() + ": checksum mismatch in record " + rec);
-    if (err == kIoEof)
-      throw_format(f.path(), "file is shorter than its index says (truncated?) while reading record " + rec);
+    if (err == kIoEof) {
+      std::string why = f.change_since_open();
+      if (why.empty()) why = "truncated?";
+      else why += ": open it again";
+      throw_format(f.path(), "file is shorter than its index says (" + why + ") while reading record " + rec);
+    }
+    if (err == ESTALE)  // NFS: the server no longer has the file this reader opened
+      throw_io(f.path(), "read failed for record " + rec + " (the file was deleted or replaced on another node "
+                         "since it was opened: open it again)", err);
     throw_io(f.path(), "read failed for record " + rec, err);
   }
 }
@@ -126,6 +134,22 @@ Reader::Reader(const std::vector<std::string>& paths, ReaderOptions options)
     starts_.push_back(total_);
     total_ += files_.back()->size();
     has_codec_ = has_codec_ || files_.back()->has_codec();
+  }
+  engine_kind_ = kind_;
+  if (kind_ == EngineKind::kAuto || kind_ == EngineKind::kMmap) {
+    // FFRECORD_ENGINE=mmap copies buffered reads from the mapping; what the
+    // mapping cannot serve goes to the filesystem's engine, as for auto.
+    if (!files_.empty()) choice_reason_ = engine_for(files_[0]->filesystem()).reason;
+    for (const auto& f : files_) {
+      EngineChoice c = engine_for(f->filesystem());
+      if (c.kind == EngineKind::kAuto) continue;
+      engine_kind_ = c.kind;
+      choice_reason_ = c.reason;
+      break;
+    }
+  } else {
+    const char* v = std::getenv("FFRECORD_ENGINE");
+    choice_reason_ = std::string("forced with FFRECORD_ENGINE=") + (v ? v : "");
   }
   // Create one engine now: a forced io_uring that the kernel refuses fails at
   // open, not at the first read, and the engine name is known up front. A bad
@@ -163,7 +187,7 @@ std::unique_ptr<IoEngine> Reader::acquire_engine() const {
     }
   }
   std::string reason;
-  auto e = make_engine(kind_, &reason);
+  auto e = make_engine(engine_kind_, &reason);
   std::lock_guard<std::mutex> lock(engines_mu_);
   engine_name_ = e->name();
   if (!reason.empty()) fallback_reason_ = reason;
@@ -176,13 +200,44 @@ void Reader::release_engine(std::unique_ptr<IoEngine> engine) const {
 }
 
 std::string Reader::engine_name() const {
-  if (kind_ == EngineKind::kMmap) return "mmap";
+  if (kind_ == EngineKind::kMmap && mapping_available()) return "mmap";
   std::lock_guard<std::mutex> lock(engines_mu_);
   return engine_name_;
 }
 
 ReadStats Reader::stats() const {
   return {mapped_batches_.load(std::memory_order_relaxed), engine_batches_.load(std::memory_order_relaxed)};
+}
+
+bool Reader::mapping_available() const {
+  for (const auto& f : files_)
+    if (!f->mappable()) return false;
+  return true;
+}
+
+std::string Reader::filesystem() const {
+  std::vector<std::string> names;
+  for (const auto& f : files_)
+    if (std::find(names.begin(), names.end(), f->filesystem().name) == names.end())
+      names.push_back(f->filesystem().name);
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+std::string Reader::engine_reason() const {
+  std::string out = choice_reason_;
+  if (kind_ == EngineKind::kMmap) out = "forced with FFRECORD_ENGINE=mmap (reads the mapping cannot serve: " + out + ")";
+  const std::string fallback = fallback_reason();
+  if (!fallback.empty()) out += "; io_uring unavailable (" + fallback + "), so a pool of pread threads";
+  for (const auto& f : files_) {
+    if (f->mappable()) continue;
+    out += "; " + f->filesystem().name + " refuses shared mappings (" + std::strerror(f->mapping_error()) +
+           "), so every read goes through the engine, none through the page-cache fast path";
+    break;
+  }
+  if (options_.direct) out += "; direct=True: O_DIRECT reads, never the page-cache fast path";
+  return out;
 }
 
 std::string Reader::fallback_reason() const {
@@ -205,8 +260,16 @@ void Reader::plan_batch(Plan& plan, const uint64_t* indices, size_t n, bool merg
   int direct_fd = -1;
   uint64_t align = 1;  // O_DIRECT alignment of direct_file
   size_t direct_file = SIZE_MAX;
+  size_t checked_file = SIZE_MAX;
   for (size_t i = 0; i < n; ++i) {
     auto [f, local] = locate(indices[i]);
+    if (f != checked_file) {
+      // A mapped index past the file's new end must not be read (SIGBUS).
+      if (!files_[f]->index_readable())
+        throw_format(files_[f]->path(), "file is shorter than its index says (" + files_[f]->change_since_open() +
+                                            ": open it again) while reading record " + std::to_string(local));
+      checked_file = f;
+    }
     Slot& s = plan.slots[i];
     s.entry = files_[f]->entry(local);
     s.local = local;

@@ -28,6 +28,12 @@
 // stay frequent because page caches lose pages piecemeal (memory pressure,
 // proactive reclaim) and get them back as the engine reads. A file
 // found shorter than at open is read through the engine, which reports it.
+// Files on a filesystem that refuses shared mappings are always read through
+// the engine.
+//
+// The engine: FFRECORD_ENGINE where set, else the one that suits the files'
+// filesystem (engine_for in io_engine.h; a dataset spread over several
+// filesystems follows the first network or FUSE one among them).
 #pragma once
 
 #include <sys/types.h>
@@ -99,6 +105,14 @@ class Reader {
   // selection fell back from io_uring, the kernel's reason.
   std::string engine_name() const;
   std::string fallback_reason() const;
+  // The filesystem(s) of the files ("ext4", "fuse.sshfs"; several joined by
+  // ", "), and one or more sentences on why the engine in use was chosen and
+  // whether reads can copy from the page cache through a mapping.
+  std::string filesystem() const;
+  std::string engine_reason() const;
+  // False when a file's filesystem refused to map it: every read then goes
+  // through the engine.
+  bool mapping_available() const;
   ReadStats stats() const;
 
  private:
@@ -117,7 +131,9 @@ class Reader {
   uint64_t total_ = 0;
   ReaderOptions options_;
   bool has_codec_ = false;
-  EngineKind kind_;
+  EngineKind kind_;         // as asked (FFRECORD_ENGINE)
+  EngineKind engine_kind_;  // what engines are made as: kind_, or the filesystem's choice for auto/mmap
+  std::string choice_reason_;
   unsigned cpus_ = 1;
 
   // Copies from the mapping: kind_ kMmap always, kAuto while resident. A new

@@ -7,6 +7,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <thread>
 #include <cstddef>
 #include <cstring>
 #include <limits>
@@ -45,12 +48,66 @@ uint32_t direct_io_alignment(int fd) {
 // a + b <= limit without overflow.
 bool fits(uint64_t a, uint64_t b, uint64_t limit) { return a <= limit && b <= limit - a; }
 
+// Errors an open may see while a replaced file's new content is still
+// arriving on this node (stale size, stale pages): worth another open.
+bool may_be_in_flux(const Error& e) {
+  if (e.kind() == ErrorKind::kFormat || e.kind() == ErrorKind::kChecksum) return true;
+  return e.kind() == ErrorKind::kIo && (e.error_number() == EIO || e.error_number() == ESTALE);
+}
+
+// The mount options that shorten how long this node trusts cached attributes.
+std::string cache_advice(const FilesystemInfo& fs) {
+  const std::string& n = fs.name;
+  if (n.rfind("fuse.sshfs", 0) == 0) return "mount sshfs with -o cache_timeout=1 or -o cache=no";
+  if (n == "nfs") return "mount NFS with actimeo=1 or noac";
+  if (n.rfind("fuse", 0) == 0) return "mount with shorter attribute caching (sshfs -o cache_timeout=1, FUSE attr_timeout=)";
+  return "mount with shorter attribute caching (sshfs -o cache_timeout=1 or cache=no, NFS actimeo=1 or noac)";
+}
+
+// Whether `path` names a different file, or the same file with another size
+// or modification time, than `st` describes.
+bool path_differs(const std::string& path, const struct stat& st) {
+  struct stat now;
+  if (::stat(path.c_str(), &now) != 0) return true;
+  return now.st_ino != st.st_ino || now.st_dev != st.st_dev || now.st_size != st.st_size ||
+         now.st_mtim.tv_sec != st.st_mtim.tv_sec || now.st_mtim.tv_nsec != st.st_mtim.tv_nsec;
+}
+
 }  // namespace
 
 std::unique_ptr<RecordFile> RecordFile::open(const std::string& path) {
-  std::unique_ptr<RecordFile> f(new RecordFile(path));
-  f->open_and_validate();
-  return f;
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  auto pause = std::chrono::milliseconds(10);
+  for (int attempt = 1;; ++attempt) {
+    std::unique_ptr<RecordFile> f(new RecordFile(path));
+    try {
+      f->open_and_validate();
+      return f;
+    } catch (const Error& e) {
+      if (!may_be_in_flux(e) || f->fd_ < 0) throw;
+      const double waited = std::chrono::duration<double>(Clock::now() - start).count();
+      if (waited < f->reopen_wait_) {
+        const auto left = std::chrono::duration<double>(f->reopen_wait_ - waited);
+        std::this_thread::sleep_for(std::min<std::chrono::duration<double>>(pause, left));
+        pause = std::min(pause * 2, std::chrono::milliseconds(250));
+        continue;
+      }
+      if (!f->fs_.shared()) throw;  // a local file: damaged, reported as found
+      char secs[32];
+      std::snprintf(secs, sizeof(secs), "%g", f->reopen_wait_);
+      std::string why = path_differs(path, f->opened_)
+                            ? "the file changed while it was being opened (replaced on another node, and seen "
+                              "late through this node's attribute cache?)"
+                            : "the file is truncated or damaged, or it was replaced on another node and this "
+                              "node still holds its old size or pages in its attribute cache";
+      throw Error(e.kind(),
+                  std::string(e.what()) + " (" + f->fs_.name + ", " + std::to_string(attempt) +
+                      " open(s) in " + secs + " s: " + why + "; " + cache_advice(f->fs_) +
+                      ", or wait longer with FFRECORD_REOPEN_WAIT=seconds)",
+                  e.error_number());
+    }
+  }
 }
 
 RecordFile::~RecordFile() {
@@ -61,11 +118,14 @@ RecordFile::~RecordFile() {
 }
 
 void RecordFile::open_and_validate() {
-  fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd_ < 0) throw_io(path_, "cannot open", errno);
-  struct stat st;
+  int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw_io(path_, "cannot open", errno);
+  fd_ = fd;
+  struct stat& st = opened_;
   if (::fstat(fd_, &st) != 0) throw_io(path_, "cannot stat", errno);
   if (S_ISDIR(st.st_mode)) throw_io(path_, "cannot open", EISDIR);
+  fs_ = filesystem_of(fd_);
+  reopen_wait_ = reopen_wait_seconds(fs_);
   file_size_ = static_cast<uint64_t>(st.st_size);
   // Random access is the common pattern; don't let readahead waste the disk.
   ::posix_fadvise(fd_, 0, 0, POSIX_FADV_RANDOM);
@@ -99,6 +159,33 @@ void RecordFile::open_and_validate() {
     version_ = 1;
     parse_v1();
   }
+  // Everything was read against the size fstat gave at open; a file whose
+  // size moved meanwhile was being changed (or replaced, seen late).
+  struct stat now;
+  if (::fstat(fd_, &now) == 0 && static_cast<uint64_t>(now.st_size) != file_size_)
+    throw_format(path_, "the file changed while it was opened (size " + std::to_string(file_size_) + ", then " +
+                            std::to_string(now.st_size) + " bytes)");
+  // Where the index was not mapped, whether the file can be is learnt now,
+  // so mappable() answers from the start.
+  if (!map_ && mappable()) {
+    try {
+      data_map();
+    } catch (const Error&) {
+      // Not the filesystem's refusal (e.g. ENOMEM): tried again on first use.
+    }
+  }
+}
+
+size_t RecordFile::read_at(void* dst, size_t len, uint64_t off, const char* what) const {
+  size_t got = 0;
+  while (got < len) {
+    ssize_t r = ::pread(fd_, static_cast<uint8_t*>(dst) + got, len - got, static_cast<off_t>(off + got));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw_io(path_, what, errno);
+    if (r == 0) break;
+    got += static_cast<size_t>(r);
+  }
+  return got;
 }
 
 void RecordFile::map_region(uint64_t begin, uint64_t end) {
@@ -106,15 +193,32 @@ void RecordFile::map_region(uint64_t begin, uint64_t end) {
   uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   uint64_t start = begin / page * page;
   map_len_ = static_cast<size_t>(end - start);
-  map_ = ::mmap(nullptr, map_len_, PROT_READ, MAP_SHARED, fd_, static_cast<off_t>(start));
+  // On a shared filesystem another node may delete or replace the file while
+  // it is open here; a mapped index page read then would fault (SIGBUS on
+  // ESTALE), so the index is held in memory there.
+  map_ = fs_.shared() ? MAP_FAILED : ::mmap(nullptr, map_len_, PROT_READ, MAP_SHARED, fd_, static_cast<off_t>(start));
   if (map_ == MAP_FAILED) {
     map_ = nullptr;
-    throw_io(path_, "cannot map the index", errno);
+    map_len_ = 0;
+    if (!fs_.shared()) {
+      const int err = errno;
+      if (!mapping_refused(err)) throw_io(path_, "cannot map the index", err);
+      // This filesystem cannot map files: hold a private copy of the region.
+      mappable_ = false;
+      map_errno_ = err;
+    }
+    owned_.resize(static_cast<size_t>(end - begin));
+    if (read_at(owned_.data(), owned_.size(), begin, "cannot read the index") != owned_.size())
+      throw_format(path_, "truncated: the file ends inside its index");
+    view_ = owned_.data();
+    view_begin_ = begin;
+    return;
   }
   // The index is checked end to end right away. The descriptor is marked
   // random-access (no readahead), which would fault a cold index in one page
   // at a time; ask for all of it at once instead.
   ::madvise(map_, map_len_, MADV_WILLNEED);
+  map_end_ = end;
   view_ = static_cast<const uint8_t*>(map_);
   view_begin_ = start;
 }
@@ -126,11 +230,9 @@ void RecordFile::parse_v2() {
                             " bytes)");
   const uint64_t footer_at = file_size_ - format::kFooterSize;
   FileFooter ft;
-  ssize_t r;
-  do {
-    r = ::pread(fd_, &ft, sizeof(ft), static_cast<off_t>(footer_at));
-  } while (r < 0 && errno == EINTR);
-  if (r != static_cast<ssize_t>(sizeof(ft))) throw_io(path_, "cannot read footer", r < 0 ? errno : EIO);
+  if (read_at(&ft, sizeof(ft), footer_at, "cannot read footer") != sizeof(ft))
+    throw_format(path_, "truncated: the file ended before its footer (it is shorter than its size said, " +
+                            std::to_string(file_size_) + " bytes)");
   if (std::memcmp(ft.magic, format::kMagic, sizeof(format::kMagic)) != 0)
     throw_format(path_, "truncated or unfinished: no footer magic at the end of the file");
   if (crc32c(&ft, offsetof(FileFooter, footer_crc)) != ft.footer_crc)
@@ -211,11 +313,8 @@ void RecordFile::parse_v1() {
   };
   if (file_size_ < format::kV1PrefixSize) not_ffr("; only " + std::to_string(file_size_) + " bytes");
   uint8_t prefix[format::kV1PrefixSize];
-  ssize_t r;
-  do {
-    r = ::pread(fd_, prefix, sizeof(prefix), 0);
-  } while (r < 0 && errno == EINTR);
-  if (r != static_cast<ssize_t>(sizeof(prefix))) throw_io(path_, "cannot read header", r < 0 ? errno : EIO);
+  if (read_at(prefix, sizeof(prefix), 0, "cannot read header") != sizeof(prefix))
+    throw_format(path_, "truncated: the file ended inside its header (it is shorter than its size said)");
   const uint32_t meta_crc = load<uint32_t>(prefix);
   const uint64_t n = load<uint64_t>(prefix + 4);
   if (n > (file_size_ - format::kV1PrefixSize) / format::kV1PerRecordIndex) {
@@ -273,11 +372,18 @@ std::string_view RecordFile::key(uint64_t i) const {
 
 const uint8_t* RecordFile::data_map() {
   if (const uint8_t* d = data_map_.load(std::memory_order_acquire)) return d;
-  if (file_size_ == 0) return nullptr;
+  if (file_size_ == 0 || !mappable()) return nullptr;
   std::lock_guard<std::mutex> lock(data_map_mu_);
   if (const uint8_t* d = data_map_.load()) return d;
+  if (!mappable()) return nullptr;
   void* m = ::mmap(nullptr, file_size_, PROT_READ, MAP_SHARED, fd_, 0);
-  if (m == MAP_FAILED) throw_io(path_, "cannot map the file", errno);
+  if (m == MAP_FAILED) {
+    const int err = errno;
+    if (!mapping_refused(err)) throw_io(path_, "cannot map the file", err);
+    map_errno_ = err;
+    mappable_ = false;
+    return nullptr;
+  }
   // Records are read in random order: no readahead when a page is missing.
   ::madvise(m, file_size_, MADV_RANDOM);
   data_map_.store(static_cast<const uint8_t*>(m), std::memory_order_release);
@@ -299,16 +405,46 @@ bool RecordFile::count_missing_pages(uint64_t offset, uint64_t length, uint64_t*
   return true;
 }
 
+bool RecordFile::index_readable() const {
+  struct stat st;
+  return !map_ || (::fstat(fd_, &st) == 0 && static_cast<uint64_t>(st.st_size) >= map_end_);
+}
+
 bool RecordFile::still_full_size() const {
   struct stat st;
   return ::fstat(fd_, &st) == 0 && static_cast<uint64_t>(st.st_size) >= file_size_;
 }
 
+std::string RecordFile::change_since_open() const {
+  struct stat now;
+  if (::fstat(fd_, &now) == 0 && static_cast<uint64_t>(now.st_size) < file_size_)
+    return "the file shrank from " + std::to_string(file_size_) + " to " + std::to_string(now.st_size) +
+           " bytes since it was opened";
+  if (path_differs(path_, opened_)) return "the file was replaced or changed since it was opened";
+  return "";
+}
+
+int RecordFile::open_again(int flags) const {
+  // Through /proc the new descriptor reaches this very inode; by path it
+  // could reach a file renamed over this one since, which is checked.
+  const std::string self = "/proc/self/fd/" + std::to_string(fd_);
+  int fd = ::open(self.c_str(), flags | O_CLOEXEC);
+  if (fd < 0 && (errno == ENOENT || errno == EACCES || errno == ENOTDIR)) {
+    fd = ::open(path_.c_str(), flags | O_CLOEXEC);
+    struct stat st;
+    if (fd >= 0 && (::fstat(fd, &st) != 0 || st.st_ino != opened_.st_ino || st.st_dev != opened_.st_dev)) {
+      ::close(fd);
+      throw_format(path_, "the file was replaced since it was opened: open it again");
+    }
+  }
+  if (fd < 0) throw_io(path_, (flags & O_DIRECT) ? "cannot open with O_DIRECT" : "cannot open again", errno);
+  return fd;
+}
+
 int RecordFile::direct_fd() {
   std::lock_guard<std::mutex> lock(direct_mu_);
   if (direct_fd_ < 0) {
-    direct_fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
-    if (direct_fd_ < 0) throw_io(path_, "cannot open with O_DIRECT", errno);
+    direct_fd_ = open_again(O_RDONLY | O_DIRECT);
     direct_align_ = direct_io_alignment(direct_fd_);
   }
   return direct_fd_;

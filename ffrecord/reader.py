@@ -85,9 +85,33 @@ class FileReader:
     def io_stats(self):
         """How many batches were copied from the page cache through the file's
         mapping (``mapped_batches``) and how many went through the I/O engine
-        (``engine_batches``), since the reader was opened."""
+        (``engine_batches``), since the reader was opened. Where a file's
+        filesystem refuses to map it, every batch goes through the engine
+        (``mapping_available`` is False, ``engine_reason`` says so)."""
         self._check_open()
         return self._core.stats()
+
+    @property
+    def filesystem(self):
+        """The filesystem the files live on, e.g. 'ext4', 'nfs' or 'fuse.sshfs'
+        (several joined by ', ' when the shards are spread over more than one)."""
+        self._check_open()
+        return self._core.filesystem
+
+    @property
+    def engine_reason(self):
+        """Why this engine: the filesystem's choice or ``FFRECORD_ENGINE``, and
+        whether reads can use the page-cache fast path (docs/SHARED_FS.md)."""
+        self._check_open()
+        return self._core.engine_reason
+
+    @property
+    def mapping_available(self):
+        """False when a file's filesystem refuses to map it (e.g. sshfs with
+        ``-o direct_io``): the page-cache fast path is then off and every read
+        goes through the I/O engine."""
+        self._check_open()
+        return self._core.mapping_available
 
     @property
     def engine_fallback_reason(self):

@@ -146,6 +146,16 @@ def read_manifest(directory, kind=None):
         except FileNotFoundError:
             raise FormatError(f"{directory}: data file {name} is missing") from None
         if actual != size:
+            # A network client may still report a replaced file's old size:
+            # the core's open waits for a consistent view (docs/SHARED_FS.md).
+            actual = _opened_size(full)
+        if actual != size:
             raise FormatError(f"{full}: {actual} bytes, the manifest says {size} (truncated or replaced?)")
     return manifest
+
+
+def _opened_size(path):
+    """The size of ``path`` as the core sees it once the file opens consistently."""
+    with FileReader(path, check_data=False) as r:
+        return r.file_info(0)["file_size"]
 

@@ -13,6 +13,7 @@ place. A mismatch raises ChecksumError naming the tensor. The GIL is released
 while reading.
 """
 
+import errno
 import os
 import pickle
 
@@ -26,6 +27,9 @@ from .gc_pause import gc_paused
 from .layout import read_manifest
 
 __all__ = ["load", "Checkpoint"]
+
+# mmap() errors that mean the filesystem cannot map files (as the core decides).
+_MAP_REFUSED = {errno.ENODEV, errno.EINVAL, errno.EACCES, errno.EPERM, errno.ENOTSUP, errno.ENOSYS}
 
 
 
@@ -368,7 +372,13 @@ class Checkpoint:
         torch = _torch()
         located = {}  # part -> (mapping, file offset)
         for batch in _by_file(self._parts(keys)):
-            mapping, offsets, bad = self._reader(batch[0].file).map_verified(*_part_arrays(batch))
+            try:
+                mapping, offsets, bad = self._reader(batch[0].file).map_verified(*_part_arrays(batch))
+            except OSError as e:
+                if e.errno not in _MAP_REFUSED:
+                    raise
+                raise OSError(e.errno, f"{e.strerror}; load(mmap=True) is not possible here: use load() or "
+                              "load(direct=True), which read the checkpoint with pread on such a filesystem") from e
             if bad >= 0:
                 raise self._checksum_error(batch[bad])
             for p, at in zip(batch, offsets.tolist()):
@@ -537,6 +547,12 @@ def load(path, map_location=None, trusted=False, keys=None, dataset=None, direct
     again later without a second verification; and truncating a file while
     it is mapped makes the lost pages fault (SIGBUS), as with any mapping.
     The default copies. Not with ``direct=True``.
+
+    On a filesystem that refuses to map files (sshfs with ``-o direct_io``
+    refuses shared mappings), the default and ``direct=True`` loads read with
+    ``pread`` instead, and ``mmap=True`` raises OSError saying so (such a
+    mount keeps file data out of the page cache on purpose, so there are no
+    shared pages to view). See docs/SHARED_FS.md.
 
     Raises FileNotFoundError when nothing is at ``path``, FormatError when it
     is not a complete checkpoint, ChecksumError when bytes are damaged.

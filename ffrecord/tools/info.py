@@ -58,8 +58,7 @@ def describe(path, engine=False):
         if caught:
             out["warnings"] = [str(w.message) for w in caught]
         if engine:
-            out["engine"] = r.engine
-            out["engine_fallback_reason"] = r.engine_fallback_reason
+            out.update(_engine(r))
     return out
 
 
@@ -70,7 +69,14 @@ def probe_engine():
         with FileWriter(p) as w:
             w.write_one(b"probe")
         with FileReader(p) as r:
-            return {"engine": r.engine, "engine_fallback_reason": r.engine_fallback_reason}
+            return _engine(r)
+
+
+def _engine(r):
+    """The filesystem, the engine a reader of it uses, and why."""
+    return {"filesystem": r.filesystem, "engine": r.engine, "engine_reason": r.engine_reason,
+            "engine_fallback_reason": r.engine_fallback_reason,
+            "mapping_available": r.mapping_available}
 
 
 def format_text(d):
@@ -113,8 +119,9 @@ def format_text(d):
             text = json.dumps(meta, sort_keys=True)
             lines.append(f"metadata:     {text if len(text) <= 2000 else text[:2000] + '...'}")
     if "engine" in d:
-        reason = d.get("engine_fallback_reason") or ""
-        lines.append(f"engine:       {d['engine']}" + (f" (io_uring unavailable: {reason})" if reason else ""))
+        lines.append(f"filesystem:   {d['filesystem']}")
+        lines.append(f"engine:       {d['engine']}")
+        lines.append(f"why:          {d['engine_reason']}")
     return "\n".join(lines)
 
 
