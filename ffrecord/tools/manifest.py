@@ -40,7 +40,11 @@ def tool_version():
 def write_json_atomic(path, doc):
     """Writes ``doc`` to ``path`` atomically and durably (``ffrecord._atomic``):
     readers on any node see the old file or the new one."""
-    write_bytes(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+    write_bytes(path, _encode(doc))
+
+
+def _encode(doc):
+    return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
 
 def file_crc32c(path):
@@ -92,4 +96,15 @@ def load(directory):
 
 
 def write(directory, doc):
-    write_json_atomic(manifest_path(directory), doc)
+    """Writes the manifest unless the directory already holds these exact bytes:
+    a rerun of a finished conversion (or a second rank finishing at the same
+    time) leaves the file, its inode and its time as they were."""
+    path = manifest_path(directory)
+    data = _encode(doc)
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(data) + 1) == data:
+                return
+    except FileNotFoundError:
+        pass
+    write_bytes(path, data)
