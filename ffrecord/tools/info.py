@@ -113,7 +113,7 @@ def format_text(d):
             lines.append(f"manifest:     {m.get('tool', '?')}; source {src.get('kind', '?')} {src.get('path', '')}")
             lines.append(f"options:      {m.get('options')}")
         if d.get("quarantined"):
-            lines.append(f"quarantined:  {d['quarantined']} record(s) skipped by readers (quarantine.json)")
+            lines.append(f"quarantined:  {d['quarantined']} record(s) skipped by readers (its quarantine reports)")
         meta = d.get("metadata")
         if meta:
             text = json.dumps(meta, sort_keys=True)

@@ -77,7 +77,7 @@ class ValidateResult:
 @dataclass
 class _Target:
     path: str
-    dataset_dir: str  # where a quarantine.json for this file goes
+    dataset_dir: str  # where the quarantine report for this file goes
     entry: Optional[dict] = None  # its index.json entry
 
 
