@@ -1,12 +1,17 @@
 #include "writer.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstddef>
+#include <cstdlib>
 #include <cstring>
+#include <ctime>
+#include <fstream>
 #include <random>
 
 #include "crc.h"
@@ -30,7 +35,125 @@ std::string base_of(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
+std::string read_first_line(const char* path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
+// 16 hex digits naming this kernel boot and pid namespace on this host, or ""
+// when they cannot be read (then no temporary of ours is ever judged by pid).
+const std::string& host_identity() {
+  static const std::string id = [] {
+    char host[256] = {};
+    ::gethostname(host, sizeof(host) - 1);
+    std::string boot = read_first_line("/proc/sys/kernel/random/boot_id");
+    char ns[128] = {};
+    ssize_t n = ::readlink("/proc/self/ns/pid", ns, sizeof(ns) - 1);
+    if (boot.empty() || n <= 0) return std::string();
+    std::string all = std::string(host) + '\n' + boot + '\n' + std::string(ns, static_cast<size_t>(n));
+    uint64_t h = 1469598103934665603ull;  // FNV-1a, 64 bit
+    for (unsigned char c : all) h = (h ^ c) * 1099511628211ull;
+    char hex[17];
+    std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));
+    return std::string(hex);
+  }();
+  return id;
+}
+
+// Start time of process `pid` (clock ticks after boot, /proc/PID/stat field
+// 22); 0 when it does not exist, -1 when it cannot be told.
+long long process_start(long pid) {
+  std::string path = "/proc/" + std::to_string(pid) + "/stat";
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT || errno == ESRCH ? 0 : -1;
+  char buf[1024];
+  ssize_t n = ::read(fd, buf, sizeof(buf) - 1);
+  ::close(fd);
+  if (n <= 0) return n == 0 ? 0 : -1;
+  buf[n] = 0;
+  const char* p = std::strrchr(buf, ')');  // the command name may hold spaces and ')'
+  if (!p) return -1;
+  for (int field = 2; field < 22 && p; ++field) p = std::strchr(p + 1, ' ');
+  return p ? std::strtoll(p + 1, nullptr, 10) : -1;
+}
+
+int heartbeat_seconds() {
+  const char* env = std::getenv("FFRECORD_TEMP_HEARTBEAT_S");
+  int s = env ? std::atoi(env) : 0;
+  return s > 0 ? s : kTempHeartbeatSeconds;
+}
+
+bool all_of(const std::string& s, const char* allowed) {
+  return !s.empty() && s.find_first_not_of(allowed) == std::string::npos;
+}
+
+constexpr const char* kDigits = "0123456789";
+constexpr const char* kHex = "0123456789abcdef";
+
+// Whether the writer that made temporary `middle` (the part of its name
+// between ".<name>." and ".tmp") is provably gone. `mtime` is its last heartbeat.
+bool writer_gone(const std::string& middle, time_t mtime) {
+  const bool stale = std::time(nullptr) - mtime > kTempStaleSeconds;
+  // Current names: ffw-<host>-<pid>-<start>-<random>.
+  if (middle.rfind("ffw-", 0) == 0) {
+    std::string f[4];
+    size_t at = 4;
+    for (int k = 0; k < 4; ++k) {
+      size_t dash = k < 3 ? middle.find('-', at) : middle.size();
+      if (dash == std::string::npos) return false;
+      f[k] = middle.substr(at, dash - at);
+      at = dash + 1;
+    }
+    if (f[0].size() != 16 || !all_of(f[0], kHex) || !all_of(f[1], kDigits) || f[1].size() > 9 ||
+        !all_of(f[2], kDigits) || f[2].size() > 18 || !all_of(f[3], kHex))
+      return false;  // not a name we make
+    if (f[0] != host_identity() || host_identity().empty()) return stale;
+    long pid = std::atol(f[1].c_str());
+    if (pid == static_cast<long>(::getpid())) return false;  // this process's own writers
+    long long start = process_start(pid);
+    if (start < 0) return stale;  // cannot tell: fall back to the heartbeat
+    return start == 0 || start != std::atoll(f[2].c_str());
+  }
+  // Names of earlier versions: <pid>.<8 hex>, no host identity and no heartbeat.
+  size_t dot = middle.find('.');
+  if (dot == std::string::npos || !all_of(middle.substr(0, dot), kDigits) ||
+      middle.size() - dot - 1 != 8 || !all_of(middle.substr(dot + 1), kHex))
+    return false;
+  return stale;
+}
+
 }  // namespace
+
+int remove_dead_temporaries(const std::string& path) noexcept {
+  try {
+    const std::string dir = dir_of(path);
+    const std::string prefix = "." + base_of(path) + ".";
+    const std::string suffix = ".tmp";
+    DIR* d = ::opendir(dir.c_str());
+    if (!d) return 0;
+    std::vector<std::string> candidates;
+    while (dirent* e = ::readdir(d)) {
+      std::string name = e->d_name;
+      if (name.size() > prefix.size() + suffix.size() && name.rfind(prefix, 0) == 0 &&
+          name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+        candidates.push_back(std::move(name));
+    }
+    ::closedir(d);
+    int removed = 0;
+    for (const auto& name : candidates) {
+      std::string full = dir + "/" + name;
+      struct stat st;
+      if (::lstat(full.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+      std::string middle = name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
+      if (writer_gone(middle, st.st_mtime) && ::unlink(full.c_str()) == 0) ++removed;
+    }
+    return removed;
+  } catch (...) {
+    return 0;
+  }
+}
 
 Writer::Writer(std::string path, WriterOptions options) : path_(std::move(path)), options_(options) {
   if (options_.alignment == 0 || options_.alignment > format::kMaxAlignment ||
@@ -38,10 +161,16 @@ Writer::Writer(std::string path, WriterOptions options) : path_(std::move(path))
     throw_value("alignment must be a power of two up to " + std::to_string(format::kMaxAlignment) + ", got " +
                 std::to_string(options_.alignment));
   if (base_of(path_).empty()) throw_value("'" + path_ + "' names a directory, not a file");
+  remove_dead_temporaries(path_);
+  const long pid = static_cast<long>(::getpid());
+  const long long start = process_start(pid);
+  // Without a host identity, a name that no host can claim: only the heartbeat judges it.
+  const std::string host = host_identity().empty() ? std::string(16, 'z') : host_identity();
   std::random_device rd;
   for (int attempt = 0; attempt < 16 && fd_ < 0; ++attempt) {
-    char suffix[32];
-    std::snprintf(suffix, sizeof(suffix), ".%d.%08x.tmp", static_cast<int>(::getpid()), rd());
+    char suffix[96];
+    std::snprintf(suffix, sizeof(suffix), ".ffw-%s-%ld-%lld-%08x.tmp", host.c_str(), pid, start < 0 ? 0 : start,
+                  rd());
     temp_path_ = dir_of(path_) + "/." + base_of(path_) + suffix;
     fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd_ < 0 && errno != EEXIST) throw_io(path_, "cannot create temporary file " + temp_path_, errno);
@@ -50,6 +179,7 @@ Writer::Writer(std::string path, WriterOptions options) : path_(std::move(path))
   buffer_.resize(kBufferSize);
   const format::FileHeader h = format::make_header(options_.alignment);
   try {
+    start_heartbeat();
     append(&h, sizeof(h));
   } catch (...) {
     abort();
@@ -58,6 +188,33 @@ Writer::Writer(std::string path, WriterOptions options) : path_(std::move(path))
 }
 
 Writer::~Writer() { abort(); }
+
+void Writer::start_heartbeat() {
+  heartbeat_fd_ = ::dup(fd_);  // its own descriptor: close() and abort() may close fd_ meanwhile
+  if (heartbeat_fd_ < 0) fail_io("cannot create temporary file " + temp_path_, errno);
+  heartbeat_pid_ = static_cast<int>(::getpid());
+  const auto interval = std::chrono::seconds(heartbeat_seconds());
+  heartbeat_ = new std::thread([this, interval] {
+    std::unique_lock<std::mutex> lock(heartbeat_mu_);
+    while (!heartbeat_cv_.wait_for(lock, interval, [this] { return heartbeat_stop_; }))
+      ::futimens(heartbeat_fd_, nullptr);  // mtime = now: "this writer is alive"
+  });
+}
+
+void Writer::stop_heartbeat() noexcept {
+  if (heartbeat_ && heartbeat_pid_ == static_cast<int>(::getpid())) {
+    {
+      std::lock_guard<std::mutex> lock(heartbeat_mu_);
+      heartbeat_stop_ = true;
+    }
+    heartbeat_cv_.notify_all();
+    heartbeat_->join();
+    delete heartbeat_;
+  }
+  heartbeat_ = nullptr;  // in a forked child the thread does not exist: leave its handle
+  if (heartbeat_fd_ >= 0) ::close(heartbeat_fd_);
+  heartbeat_fd_ = -1;
+}
 
 void Writer::check_open() const {
   if (fd_ < 0) throw_value(path_ + ": writer is closed");
@@ -170,6 +327,7 @@ void Writer::close() {
   append(&ft, sizeof(ft));
   flush();
   if (::fsync(fd_) != 0) fail_io("fsync failed", errno);
+  stop_heartbeat();
   int fd = fd_;
   fd_ = -1;
   if (::close(fd) != 0) {
@@ -194,6 +352,7 @@ void Writer::close() {
 }
 
 void Writer::abort() noexcept {
+  stop_heartbeat();
   if (fd_ < 0) return;
   ::close(fd_);
   fd_ = -1;

@@ -1,22 +1,43 @@
 // Streaming writer of v2 record files.
 //
-// Records go to a hidden temporary file in the destination directory
-// (".<name>.<pid>.<random>.tmp"). close() appends the index, metadata, keys and
-// footer, fsyncs the file, renames it over the final name and fsyncs the
-// directory: the final name shows either nothing or a complete file. abort(),
-// or destroying an unclosed writer, removes the temporary file. After any
-// failure the writer is aborted and further calls throw Error(kValue).
+// Records go to a hidden temporary file in the destination directory,
+// ".<name>.ffw-<host>-<pid>-<start>-<random>.tmp", where <host> hashes the
+// hostname, kernel boot id and pid namespace, and <start> is the process start
+// time, so that pid and start name one process of one host. close() appends
+// the index, metadata, keys and footer, fsyncs the file, renames it over the
+// final name and fsyncs the directory: the final name shows either nothing or
+// a complete file. abort(), or destroying an unclosed writer, removes the
+// temporary file. After any failure the writer is aborted and further calls
+// throw Error(kValue).
+//
+// A process killed mid-write leaves its temporary behind. While a writer is
+// open, a heartbeat thread refreshes its temporary's mtime every
+// kTempHeartbeatSeconds, and opening a writer removes the temporaries of the
+// same final name whose writer is provably gone: on this host (same kernel
+// boot, same pid namespace) the pid no longer runs that process; elsewhere
+// (another node of a shared filesystem, or a name without host identity) the
+// heartbeat stopped more than kTempStaleSeconds ago.
 // Not thread-safe: one writer is used by one thread at a time.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "format.h"
 
 namespace ffrecord {
+
+constexpr int kTempHeartbeatSeconds = 60;      // FFRECORD_TEMP_HEARTBEAT_S overrides it
+constexpr int kTempStaleSeconds = 3600;        // no heartbeat for this long: the writer is gone
+
+// Removes the temporaries of writers of `path` that are provably gone (rules
+// above); returns how many. Never throws: cleanup is best effort.
+int remove_dead_temporaries(const std::string& path) noexcept;
 
 struct WriterOptions {
   int64_t expected_records = -1;  // >= 0: close() fails unless exactly this many came
@@ -52,6 +73,8 @@ class Writer {
   void write_raw(const void* data, uint64_t length);
   void pad_to(uint64_t alignment);
   [[noreturn]] void fail_io(const std::string& what, int err);
+  void start_heartbeat();
+  void stop_heartbeat() noexcept;
 
   std::string path_;
   std::string temp_path_;
@@ -65,6 +88,13 @@ class Writer {
   bool any_key_ = false;
   std::string metadata_;
   std::string dictionary_;
+  // Heartbeat: a thread that touches the temporary's mtime until stopped.
+  std::thread* heartbeat_ = nullptr;  // leaked, never joined, in a forked child
+  int heartbeat_pid_ = 0;
+  int heartbeat_fd_ = -1;
+  bool heartbeat_stop_ = false;
+  std::mutex heartbeat_mu_;
+  std::condition_variable heartbeat_cv_;
 };
 
 }  // namespace ffrecord

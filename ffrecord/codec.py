@@ -12,6 +12,20 @@ CODEC_NONE = 0
 CODEC_ZSTD = 1
 CODEC_ZSTD_DICT = 2
 
+# A zstd block holds at most 128 KiB and costs at least a 3-byte header, so a
+# frame of s bytes cannot decode to more than this; a frame that declares
+# more is forged, and is rejected before anything of that size is allocated.
+_ZSTD_BLOCK_MAX = 128 << 10
+_ZSTD_UNKNOWN_SIZE = (1 << 64) - 1
+# A frame without a declared size (ours always declare one) decodes through a
+# window buffer; its declared window is capped too.
+_ZSTD_MAX_WINDOW = 8 << 20
+
+
+def max_decoded_size(stored_length):
+    """The most bytes a zstd record of ``stored_length`` stored bytes can decode to."""
+    return (int(stored_length) // 3 + 1) * _ZSTD_BLOCK_MAX
+
 
 def _zstd():
     try:
@@ -65,18 +79,32 @@ class Decoder:
     """Decompresses the records of one file (with its dictionary, if any)."""
 
     def __init__(self, dictionary=b""):
-        zstd = _zstd()
+        zstd = self._zstd = _zstd()
         self._plain = zstd.ZstdDecompressor()
         self._with_dict = zstd.ZstdDecompressor(dict_data=zstd.ZstdCompressionDict(dictionary)) if dictionary else None
 
     def decode(self, data, flags):
+        """The record's bytes; raises ValueError or ``zstandard.ZstdError``
+        for a frame that does not decode (the reader names file and record)."""
         codec = int(flags) & 0xF
         if codec == CODEC_NONE:
             return data
         if codec == CODEC_ZSTD_DICT:
             if self._with_dict is None:
                 raise ValueError("record needs the file's zstd dictionary, but the file has none")
-            out = self._with_dict.decompress(data)
+            dctx = self._with_dict
         else:
-            out = self._plain.decompress(data)
+            dctx = self._plain
+        bound = max_decoded_size(len(data))
+        frame = self._zstd.get_frame_parameters(data)
+        if frame.content_size == _ZSTD_UNKNOWN_SIZE:
+            if frame.window_size > max(bound, _ZSTD_MAX_WINDOW):
+                raise ValueError(f"zstd frame asks for a {frame.window_size}-byte window, "
+                                 f"more than its {len(data)} stored bytes can use")
+            out = dctx.decompress(data, max_output_size=bound)
+        elif frame.content_size > bound:
+            raise ValueError(f"zstd frame declares {frame.content_size} bytes, more than "
+                             f"its {len(data)} stored bytes can hold (at most {bound})")
+        else:
+            out = dctx.decompress(data)
         return np.frombuffer(out, dtype=np.uint8)

@@ -339,11 +339,14 @@ class FileReader:
         out = list(arrays)
         for k in np.flatnonzero(flags):
             f = self._file_of(int(idx[k]))
-            decoder = self._decoders.get(f)
-            if decoder is None:
-                decoder = self._decoders[f] = Decoder(self._core.file_info(f)["dictionary"])
             try:
+                # Built inside the try: a damaged dictionary block fails here.
+                decoder = self._decoders.get(f)
+                if decoder is None:
+                    decoder = self._decoders[f] = Decoder(self._core.file_info(f)["dictionary"])
                 out[k] = decoder.decode(arrays[k], flags[k])
+            except ImportError:
+                raise
             except Exception as e:  # zstd raises its own error type
                 path = self._dataset.paths[f]
                 raise FormatError(f"{path}: cannot decompress record {int(idx[k])}: {e}") from e
@@ -359,5 +362,5 @@ def _parse_metadata(raw, path):
         return {}
     try:
         return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: nesting too deep
         raise FormatError(f"{path}: metadata block is not valid JSON: {e}") from None

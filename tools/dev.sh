@@ -5,6 +5,7 @@
 #   bash tools/dev.sh demo    convert a demo dataset, read it, train, checkpoint
 #   bash tools/dev.sh test    run the test suite
 #   bash tools/dev.sh bench   run the benchmark comparison (slow)
+#   bash tools/dev.sh fuzz [--asan] [args]   fuzz the readers (under ASan + UBSan)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,5 +75,26 @@ case "$job" in
       apt-get install -y -q fio >/dev/null 2>&1 || echo "(fio not installed: cold ceiling measured without it)"
     fi
     exec "$VPY" benchmarks/compare.py "$@" ;;
-  *) echo "usage: bash tools/dev.sh demo|test|bench [args...]" >&2; exit 2 ;;
+  fuzz)
+    # bash tools/dev.sh fuzz [--asan] [fuzz_open.py arguments]; docs/FUZZING.md.
+    "$VPY" -m pip install -q atheris
+    if [ "${1:-}" = "--asan" ]; then
+      shift
+      # The extension, rebuilt with ASan + UBSan into build/asan (the normal build stays).
+      rm -rf build/asan && mkdir -p build/asan && cp -r ffrecord build/asan/ && rm -f build/asan/ffrecord/_core*.so
+      # The C++ sources compile with $CXX (CFLAGS would not reach them).
+      san="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+      rm -rf build/asan-obj
+      CXX="g++ $san" LDFLAGS="$san" "$VPY" setup.py -q build_ext -b build/asan -t build/asan-obj -j 2
+      nm -D --undefined-only build/asan/ffrecord/_core*.so | grep -q __asan_report \
+        || { echo "the sanitizer build is not instrumented" >&2; exit 1; }
+      # Python itself is not instrumented: the ASan runtime must be loaded first,
+      # with libstdc++ beside it; CPython's own allocations are not leaks to report.
+      export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
+      export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1"
+      export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+      export PYTHONPATH="$PWD/build/asan"
+    fi
+    exec "$VPY" tools/fuzz_open.py "$@" ;;
+  *) echo "usage: bash tools/dev.sh demo|test|bench|fuzz [args...]" >&2; exit 2 ;;
 esac

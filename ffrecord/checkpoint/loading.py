@@ -29,6 +29,9 @@ __all__ = ["load", "Checkpoint"]
 
 
 
+_U63 = 1 << 63  # part numbers from the manifest travel as signed 64-bit offsets
+
+
 def _torch():
     import torch
 
@@ -107,8 +110,8 @@ class Checkpoint:
             f, rec, off, n, crc = p
             if (
                 type(f) is not int or type(rec) is not int or type(off) is not int or type(n) is not int
-                or type(crc) is not int or not 0 <= f < nfiles or rec < 0 or off < 0 or n < 0
-                or not 0 <= crc <= 0xFFFFFFFF
+                or type(crc) is not int or not 0 <= f < nfiles or not 0 <= rec < _U63 or not 0 <= off < _U63
+                or not 0 <= n < _U63 or off + n >= _U63 or not 0 <= crc <= 0xFFFFFFFF
             ):
                 raise self._bad(f"{table}[{i}]: bad part {p!r}")
             plist.append(_Part(key, f, rec, off, n, crc, start))
@@ -131,8 +134,8 @@ class Checkpoint:
             dtype = torch_dtype_by_name(e.get("dtype"))
             if dtype is None:
                 raise self._bad(f"{table}[{i}]: unknown torch dtype {e.get('dtype')!r}")
-            if not isinstance(e.get("device"), str):
-                raise self._bad(f"{table}[{i}]: bad device")
+            if not _is_device_name(e.get("device")):
+                raise self._bad(f"{table}[{i}]: bad device {e.get('device')!r}")
         elif kind == "numpy":
             dtype = numpy_dtype_from_str(e.get("dtype"))
             if dtype is None or dtype.itemsize == 0:
@@ -318,6 +321,8 @@ class Checkpoint:
             if p.record >= self._reader(p.file).records:
                 raise FormatError(f"{self.path}/{self._files[p.file]}: a part refers to record {p.record}, "
                                   f"the file has {self._reader(p.file).records}")
+            if not p.length:
+                continue  # an empty part overlaps nothing
             if prev is not None and (p.file, p.record) == (prev.file, prev.record) and p.offset < prev.offset + prev.length:
                 raise FormatError(f"{self.path}/{self._files[p.file]}: overlapping parts in record {p.record}")
             prev = p
@@ -372,7 +377,7 @@ class Checkpoint:
         for key in keys:
             entry, _, plist = self._entry(*key)
             as_tensor = _kind(key, entry) == "torch"
-            if plist:
+            if plist and entry["nbytes"]:  # an empty array has nothing to view
                 mapping, first = located[plist[0]]
                 if all(located[p][0] is mapping and located[p][1] == first + p.start for p in plist):
                     make = torch.frombuffer if as_tensor else np.frombuffer
@@ -382,6 +387,8 @@ class Checkpoint:
             buf = torch.empty(entry["nbytes"], dtype=torch.uint8) if as_tensor else np.empty(entry["nbytes"], np.uint8)
             out = buf.numpy() if as_tensor else buf
             for p in plist:
+                if not p.length:
+                    continue
                 mapping, at = located[p]
                 out[p.start:p.start + p.length] = np.frombuffer(mapping, dtype=np.uint8, count=p.length, offset=at)
             buffers[key] = buf
@@ -403,7 +410,8 @@ class Checkpoint:
             buf = buf.view(dtype).reshape(entry["shape"])
         if entry["kind"] == "numpy":
             return buf
-        return _relocate(buf, entry["device"], self.map_location)
+        where = f"{self.path}: tensor {format_path(self._paths().get(key) or ())}"
+        return _relocate(buf, entry["device"], self.map_location, where)
 
 
 def _kind(key, entry):
@@ -450,7 +458,18 @@ def _references(nodes):
                         stack.append(node[field])
 
 
-def _relocate(t, saved_device, map_location):
+def _is_device_name(name):
+    """Whether ``name`` is a device a tensor can have been saved on (a
+    checkpoint never holds meta tensors)."""
+    if not isinstance(name, str) or not 0 < len(name) < 64:
+        return False
+    try:
+        return _torch().device(name).type != "meta"
+    except (RuntimeError, TypeError, ValueError):
+        return False
+
+
+def _relocate(t, saved_device, map_location, where):
     if map_location is None and saved_device == "cpu":
         return t
     torch = _torch()
@@ -467,10 +486,17 @@ def _relocate(t, saved_device, map_location):
         return t
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
-            f"the checkpoint holds a tensor saved on {saved_device}, but CUDA is not available; "
-            "pass map_location='cpu'"
+            f"{where} was saved on {saved_device}, but CUDA is not available; pass map_location='cpu'"
         )
-    return t.to(device)
+    try:
+        return t.to(device)
+    except (RuntimeError, ImportError, AssertionError, ValueError) as e:
+        # torch reports a device type without a backend in many ways (privateuseone: an import).
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise RuntimeError(
+            f"{where} was saved on {saved_device} and cannot be moved to {device} here ({reason}); "
+            "pass map_location='cpu'"
+        ) from None
 
 
 def load(path, map_location=None, trusted=False, keys=None, dataset=None, direct=False, mmap=False):

@@ -49,11 +49,13 @@ def write_json_atomic(path, doc):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and not e.filename:  # a failed write names no file by itself
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     fsync_dir(directory)
 
