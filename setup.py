@@ -12,6 +12,7 @@ core = Pybind11Extension(
     sorted(glob.glob("csrc/*.cpp")),
     include_dirs=["csrc"],
     cxx_std=17,
+    libraries=["zstd"],  # csrc/codec.*: decodes compressed records (libzstd-dev)
     extra_compile_args=["-O3", "-Wall", "-Wextra", "-Wno-missing-field-initializers", "-fvisibility=hidden"],
 )
 

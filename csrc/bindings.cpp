@@ -14,8 +14,10 @@
 #include <memory>
 
 #include "buffer_pool.h"
+#include "codec.h"
 #include "crc.h"
 #include "error.h"
+#include "format.h"
 #include "prefetcher.h"
 #include "reader.h"
 #include "writer.h"
@@ -36,30 +38,42 @@ py::capsule owner_of(std::shared_ptr<Block> block) {
 // the block. Built with numpy's C API directly: this runs once per record,
 // and py::array's generic constructor allocates shape and stride vectors and
 // a fresh dtype on every call.
+class ViewMaker {
+ public:
+  ViewMaker() {
+    descr_ = py::reinterpret_steal<py::object>(api_.PyArray_DescrFromType_(py::detail::npy_api::NPY_UBYTE_));
+    if (!descr_) throw py::error_already_set();
+  }
+  // A new reference to a 1-D view of [data, data + length) whose base is owner.
+  PyObject* view(uint8_t* data, uint64_t length, const py::capsule& owner) const {
+    const int flags = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_F_CONTIGUOUS_ |
+                      py::detail::npy_api::NPY_ARRAY_ALIGNED_ | py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+    Py_intptr_t shape = static_cast<Py_intptr_t>(length);
+    Py_intptr_t stride = 1;
+    Py_INCREF(descr_.ptr());  // PyArray_NewFromDescr steals a reference
+    PyObject* arr = api_.PyArray_NewFromDescr_(api_.PyArray_Type_, descr_.ptr(), 1, &shape, &stride, data, flags, nullptr);
+    if (!arr) throw py::error_already_set();
+    Py_INCREF(owner.ptr());  // PyArray_SetBaseObject steals a reference
+    if (api_.PyArray_SetBaseObject_(arr, owner.ptr()) != 0) {
+      Py_DECREF(arr);
+      throw py::error_already_set();
+    }
+    return arr;
+  }
+
+ private:
+  py::detail::npy_api& api_ = py::detail::npy_api::get();
+  py::object descr_;
+};
+
 py::list to_arrays(const Batch& b) {
   py::capsule owner = owner_of(b.block);
   const size_t n = b.offset.size();
   py::list out(n);
   uint8_t* base = b.block->data();
-  auto& api = py::detail::npy_api::get();
-  py::object descr = py::reinterpret_steal<py::object>(api.PyArray_DescrFromType_(py::detail::npy_api::NPY_UBYTE_));
-  if (!descr) throw py::error_already_set();
-  const int flags = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_F_CONTIGUOUS_ |
-                    py::detail::npy_api::NPY_ARRAY_ALIGNED_ | py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
-  for (size_t i = 0; i < n; ++i) {
-    Py_intptr_t shape = static_cast<Py_intptr_t>(b.length[i]);
-    Py_intptr_t stride = 1;
-    Py_INCREF(descr.ptr());  // PyArray_NewFromDescr steals a reference
-    PyObject* arr = api.PyArray_NewFromDescr_(api.PyArray_Type_, descr.ptr(), 1, &shape, &stride,
-                                              base + b.offset[i], flags, nullptr);
-    if (!arr) throw py::error_already_set();
-    Py_INCREF(owner.ptr());  // PyArray_SetBaseObject steals a reference
-    if (api.PyArray_SetBaseObject_(arr, owner.ptr()) != 0) {
-      Py_DECREF(arr);
-      throw py::error_already_set();
-    }
-    PyList_SET_ITEM(out.ptr(), static_cast<py::ssize_t>(i), arr);
-  }
+  ViewMaker views;
+  for (size_t i = 0; i < n; ++i)
+    PyList_SET_ITEM(out.ptr(), static_cast<py::ssize_t>(i), views.view(base + b.offset[i], b.length[i], owner));
   return out;
 }
 
@@ -97,6 +111,48 @@ void check_range(const Reader& r, const IndexArray& idx) {
     if (p[i] >= r.size())
       throw py::index_error("record index " + std::to_string(p[i]) + " out of range for " +
                             std::to_string(r.size()) + " records");
+}
+
+// Decodes the compressed records of a batch (arrays as read, with their flags
+// and global indices): records without a codec come back as the same array
+// objects, the others as views of one block holding them decoded.
+py::list decode_batch(const BatchDecoder& d, const py::list& arrays,
+                      const py::array_t<uint32_t, py::array::c_style | py::array::forcecast>& flags,
+                      const IndexArray& idx) {
+  const size_t n = arrays.size();
+  if (static_cast<size_t>(flags.size()) != n || static_cast<size_t>(idx.size()) != n)
+    throw py::value_error("decode needs one flag and one index per record");
+  check_range(d.reader(), idx);
+  std::vector<EncodedRecord> records(n);
+  for (size_t i = 0; i < n; ++i) {
+    PyObject* item = PyList_GET_ITEM(arrays.ptr(), static_cast<py::ssize_t>(i));
+    if (!py::isinstance<py::array>(item)) throw py::type_error("decode takes numpy uint8 arrays");
+    auto a = py::reinterpret_borrow<py::array>(item);
+    if (a.itemsize() != 1 || !(a.flags() & py::array::c_style))
+      throw py::type_error("decode takes C-contiguous numpy uint8 arrays");
+    records[i] = {static_cast<const uint8_t*>(a.data()), static_cast<uint64_t>(a.nbytes()), flags.data()[i],
+                  idx.data()[i]};
+  }
+  DecodedRecords out;
+  {
+    py::gil_scoped_release nogil;
+    out = d.decode(records.data(), n);
+  }
+  if (!out.block) return arrays;
+  py::capsule owner = owner_of(out.block);
+  ViewMaker views;
+  py::list result(n);
+  for (size_t i = 0; i < n; ++i) {
+    PyObject* item;
+    if ((records[i].flags & format::kCodecMask) == format::kCodecNone) {
+      item = PyList_GET_ITEM(arrays.ptr(), static_cast<py::ssize_t>(i));
+      Py_INCREF(item);
+    } else {
+      item = views.view(out.block->data() + out.offset[i], out.length[i], owner);
+    }
+    PyList_SET_ITEM(result.ptr(), static_cast<py::ssize_t>(i), item);
+  }
+  return result;
 }
 
 py::object error_class(const char* name) { return py::module_::import("ffrecord.errors").attr(name); }
@@ -327,6 +383,18 @@ PYBIND11_MODULE(_core, m) {
              }
              return offsets;
            });
+
+  py::class_<BatchDecoder>(m, "Decoder")
+      .def(py::init([](const Reader& r, unsigned threads) {
+             return std::make_unique<BatchDecoder>(r, threads ? threads : default_decode_threads());
+           }),
+           py::arg("reader"), py::arg("threads") = 0, py::keep_alive<1, 2>())
+      .def_property_readonly("threads", &BatchDecoder::threads)
+      .def("decode",
+           [](const BatchDecoder& d, const py::list& arrays,
+              const py::array_t<uint32_t, py::array::c_style | py::array::forcecast>& flags,
+              const IndexArray& idx) { return decode_batch(d, arrays, flags, idx); },
+           py::arg("arrays"), py::arg("flags"), py::arg("indices"));
 
   py::class_<Prefetcher>(m, "Prefetcher")
       .def(py::init([](const Reader& r, unsigned workers) { return std::make_unique<Prefetcher>(r, workers); }),

@@ -4,27 +4,26 @@ The codec of a record is kept in the low four bits of its index flags
 (docs/FORMAT.md): 0 none, 1 zstd, 2 zstd with the file's shared dictionary.
 Compression uses the ``zstandard`` package (``pip install ffrecord[zstd]``),
 which releases the GIL while it works.
-"""
 
-import numpy as np
+Decompression happens in the C++ core (``csrc/codec.*``, libzstd): a batch's
+compressed records decode in parallel, without the GIL, straight into one
+block, after each frame's declared size is checked against the bound of
+docs/FORMAT.md. Threads: ``FFRECORD_DECODE_THREADS``, default the CPUs the
+process may use. Why the core rather than zstandard's batch API
+(``ZstdDecompressor.multi_decompress_to_buffer``): side by side in one run
+(``benchmarks/bench_compressed.py --decoders``; 4 KiB JSON records, level 3,
+batches of 256, on a busy 2-CPU machine), the core's whole read (I/O,
+checksums and decoding) ran at 1.0-1.2x that API's decoding alone of frames
+already in memory, with and without a dictionary, except once at 0.85x
+(dictionary, one thread). The core also makes no Python object per record
+before decoding, checks the size bound without the GIL, decodes into one
+block for the batch and keeps its threads between batches; the zstd package
+is then needed only to write compressed files.
+"""
 
 CODEC_NONE = 0
 CODEC_ZSTD = 1
 CODEC_ZSTD_DICT = 2
-
-# A zstd block holds at most 128 KiB and costs at least a 3-byte header, so a
-# frame of s bytes cannot decode to more than this; a frame that declares
-# more is forged, and is rejected before anything of that size is allocated.
-_ZSTD_BLOCK_MAX = 128 << 10
-_ZSTD_UNKNOWN_SIZE = (1 << 64) - 1
-# A frame without a declared size (ours always declare one) decodes through a
-# window buffer; its declared window is capped too.
-_ZSTD_MAX_WINDOW = 8 << 20
-
-
-def max_decoded_size(stored_length):
-    """The most bytes a zstd record of ``stored_length`` stored bytes can decode to."""
-    return (int(stored_length) // 3 + 1) * _ZSTD_BLOCK_MAX
 
 
 def _zstd():
@@ -73,38 +72,3 @@ def train_dictionary(samples, size=112640):
     """Trains a zstd dictionary on a list of sample records (bytes-like)."""
     zstd = _zstd()
     return zstd.train_dictionary(size, [bytes(s) for s in samples]).as_bytes()
-
-
-class Decoder:
-    """Decompresses the records of one file (with its dictionary, if any)."""
-
-    def __init__(self, dictionary=b""):
-        zstd = self._zstd = _zstd()
-        self._plain = zstd.ZstdDecompressor()
-        self._with_dict = zstd.ZstdDecompressor(dict_data=zstd.ZstdCompressionDict(dictionary)) if dictionary else None
-
-    def decode(self, data, flags):
-        """The record's bytes; raises ValueError or ``zstandard.ZstdError``
-        for a frame that does not decode (the reader names file and record)."""
-        codec = int(flags) & 0xF
-        if codec == CODEC_NONE:
-            return data
-        if codec == CODEC_ZSTD_DICT:
-            if self._with_dict is None:
-                raise ValueError("record needs the file's zstd dictionary, but the file has none")
-            dctx = self._with_dict
-        else:
-            dctx = self._plain
-        bound = max_decoded_size(len(data))
-        frame = self._zstd.get_frame_parameters(data)
-        if frame.content_size == _ZSTD_UNKNOWN_SIZE:
-            if frame.window_size > max(bound, _ZSTD_MAX_WINDOW):
-                raise ValueError(f"zstd frame asks for a {frame.window_size}-byte window, "
-                                 f"more than its {len(data)} stored bytes can use")
-            out = dctx.decompress(data, max_output_size=bound)
-        elif frame.content_size > bound:
-            raise ValueError(f"zstd frame declares {frame.content_size} bytes, more than "
-                             f"its {len(data)} stored bytes can hold (at most {bound})")
-        else:
-            out = dctx.decompress(data)
-        return np.frombuffer(out, dtype=np.uint8)

@@ -8,7 +8,6 @@ import warnings
 import numpy as np
 
 from . import _core, _index_table, _indices
-from .codec import Decoder
 from .dataset_paths import resolve
 from .errors import FormatError
 
@@ -40,7 +39,7 @@ class FileReader:
         self._dataset = resolve(fnames)
         self._core = _core.Reader(self._dataset.paths, self._check_data, self._direct)
         self.n = self._core.size
-        self._decoders = {}
+        self._decoder = None  # built on the first compressed batch
         self._key_index = None
         # Record counts per file, read once: file f holds [ends[f] - size_f, ends[f]).
         sizes = [self._core.file_info(f)["records"] for f in range(self._core.num_files)]
@@ -319,6 +318,7 @@ class FileReader:
     def close(self):
         """Releases the files. Further use raises ValueError; closing twice is fine."""
         self._core = None
+        self._decoder = None
 
     @property
     def closed(self):
@@ -358,27 +358,13 @@ class FileReader:
         return self._core.read(idx)
 
     def _decode(self, arrays, flags, idx):
+        # The compressed records of the batch decode in the core, in parallel
+        # and without the GIL, straight into one block (see codec.py).
         if not flags.any():
             return arrays
-        out = list(arrays)
-        for k in np.flatnonzero(flags):
-            f = self._file_of(int(idx[k]))
-            try:
-                # Built inside the try: a damaged dictionary block fails here.
-                decoder = self._decoders.get(f)
-                if decoder is None:
-                    decoder = self._decoders[f] = Decoder(self._core.file_info(f)["dictionary"])
-                out[k] = decoder.decode(arrays[k], flags[k])
-            except ImportError:
-                raise
-            except Exception as e:  # zstd raises its own error type
-                path = self._dataset.paths[f]
-                raise FormatError(f"{path}: cannot decompress record {int(idx[k])}: {e}") from e
-        return out
-
-    def _file_of(self, physical_index):
-        # The first file whose records end past the index (skips empty files).
-        return int(np.searchsorted(self._file_ends, physical_index, side="right"))
+        if self._decoder is None:
+            self._decoder = _core.Decoder(self._core)
+        return self._decoder.decode(arrays if isinstance(arrays, list) else list(arrays), flags, idx)
 
 
 def _parse_metadata(raw, path):

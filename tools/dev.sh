@@ -57,6 +57,12 @@ if [ "$with_engines" = 1 ] && ! command -v java >/dev/null && [ "$(id -u)" = 0 ]
     || echo "(no Java runtime: the Spark tests are skipped)"
 fi
 
+# The core decodes zstd records with libzstd: its header and library are needed to build.
+if [ ! -f /usr/include/zstd.h ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "== installing libzstd-dev (apt)"
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libzstd-dev; } >/dev/null 2>&1 \
+    || echo "(could not install libzstd-dev: the build needs zstd.h and libzstd)"
+fi
 echo "== building the C++ extension"
 "$VPY" setup.py -q build_ext --inplace -j 2
 
@@ -71,6 +77,9 @@ case "$job" in
     # reader and writer need neither, so it comes without dependencies.
     "$VPY" -m pip install -q --no-deps mosaicml-streaming || echo "(MDS not installed: compared without it)"
     "$VPY" -m pip install -q xxhash zstd Brotli python-snappy catalogue filelock || true
+    if ! command -v zstd >/dev/null && [ "$(id -u)" = 0 ]; then
+      apt-get install -y -q zstd >/dev/null 2>&1 || echo "(zstd not installed: compressed reads compared without zstd -b)"
+    fi
     if ! command -v fio >/dev/null && [ "$(id -u)" = 0 ]; then
       apt-get install -y -q fio >/dev/null 2>&1 || echo "(fio not installed: cold ceiling measured without it)"
     fi
