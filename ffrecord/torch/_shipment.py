@@ -23,6 +23,7 @@ the leaves go in one ordinary tensor instead (torch shares it), which is
 correct, only slower.
 """
 
+import ctypes
 import io
 import pickle
 import threading
@@ -41,6 +42,16 @@ _ALIGN = 16  # leaf offsets: enough for every numpy and torch element type
 # is passed as is): a copy would cost more than torch's per-tensor overhead.
 _SHARED_AS_IS = 1 << 20
 _rebuilding = threading.local()
+_UINT8 = np.dtype(np.uint8)
+
+
+def _address(a):
+    """The address of a C-contiguous array's first byte (``a.ctypes.data``
+    costs about four times as much; it is the fallback for read-only arrays)."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+    except (TypeError, ValueError):
+        return a.ctypes.data
 
 
 class _Packer(ForkingPickler):
@@ -54,6 +65,7 @@ class _Packer(ForkingPickler):
         self.copies = []  # (uint8 numpy source, offset in the arena)
         self.arena_bytes = 0
         self.exported = []  # (ring, slot) handed over by this batch
+        self.spans = []  # (start address, end address, region) of those slots
 
     def reducer_override(self, obj):
         kind = type(obj)
@@ -71,18 +83,18 @@ class _Packer(ForkingPickler):
         """(region, offset) of a leaf's bytes: its held slot, or the arena.
         A leaf stays in its slot only at an offset that is a multiple of
         ``align`` (torch views a dtype only at such offsets)."""
+        for start, end, region in self.spans:  # most leaves lie in a slot already found
+            if start <= ptr and ptr + nbytes <= end and (ptr - start) % align == 0:
+                return region, ptr - start
         found = _transfer.locate(ptr, nbytes)
-        if found is not None and found[2] % align == 0:
-            ring, slot, offset, held = found
-            key = (ring.id, slot)
-            region = self.held.get(key)
-            if region is not None:  # a slot this batch already hands over
-                return region, offset
-            if held:
-                region = self.held[key] = len(self.regions)
-                self.regions.append(_transfer.export_slot(ring, slot))
-                self.exported.append((ring, slot))
-                return region, offset
+        if found is not None and found[3] and found[2] % align == 0:
+            ring, slot, offset, _ = found
+            region = len(self.regions)
+            self.regions.append(_transfer.export_slot(ring, slot))
+            self.exported.append((ring, slot))
+            start = ptr - offset
+            self.spans.append((start, start + ring.slot_bytes, region))
+            return region, offset
         if self.arena is None:
             self.arena = len(self.regions)
             self.regions.append(None)
@@ -92,15 +104,17 @@ class _Packer(ForkingPickler):
         return self.arena, offset
 
     def _array(self, a):
-        if a.dtype.hasobject or a.size == 0:
+        dtype = a.dtype
+        if dtype.hasobject or a.size == 0:
             return NotImplemented
         if not a.flags.c_contiguous:
             a = np.ascontiguousarray(a)
+        if a.ndim == 1 and (dtype is _UINT8 or dtype == _UINT8):  # a raw record: the common case
+            region, offset = self._place(a, _address(a), a.size)
+            return (_bytes_leaf, (region, offset, a.size))
         raw = a.reshape(-1).view(np.uint8)
-        region, offset = self._place(raw, a.ctypes.data, raw.size)
-        if a.ndim == 1 and a.dtype == np.uint8:
-            return (_bytes_leaf, (region, offset, raw.size))
-        return (_array_leaf, (region, offset, raw.size, a.dtype, a.shape))
+        region, offset = self._place(raw, _address(raw), raw.size)
+        return (_array_leaf, (region, offset, raw.size, dtype, a.shape))
 
     def _tensor(self, t):
         if (t.device.type != "cpu" or t.requires_grad or t.layout != torch.strided or t.is_quantized
