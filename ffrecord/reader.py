@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from . import _core, _indices
+from . import _core, _index_table, _indices
 from .codec import Decoder
 from .dataset_paths import resolve
 from .errors import FormatError
@@ -250,6 +250,46 @@ class FileReader:
             return self._key_index[key]
         except KeyError:
             raise KeyError(f"no record with key {key!r} in {self._dataset.root}") from None
+
+    # ---- the original FFRecord package's interface --------------------------
+    @property
+    def fnames(self):
+        """The files of this dataset as strings, in record order."""
+        return [os.fspath(p) for p in self._dataset.paths]
+
+    @property
+    def check_data(self):
+        """Whether reads verify each record's checksum."""
+        return self._check_data
+
+    def validate(self):
+        """Checks the header, index and metadata checksums of every file again
+        (they were checked at open; records are verified as they are read, or
+        all at once by ``ffrecord validate``). Raises FormatError or
+        ChecksumError naming the file."""
+        self._check_open()
+        _core.Reader(self._dataset.paths, True, False)
+
+    def get_offsets(self, file_index=0):
+        """Where the records of file ``file_index`` start, as int64 file
+        offsets, followed by where its last record ends (n + 1 values). In an
+        aligned v2 file records may be padded: ``lengths()`` gives their sizes."""
+        return _index_table.record_table(self._file_path(file_index))[0]
+
+    def get_checksums(self, file_index=0):
+        """The stored checksum of each record of file ``file_index`` (uint32):
+        zlib CRC32 of the record in v1 files, CRC32C of the stored bytes
+        followed by the record's length and flags in v2 files (docs/FORMAT.md)."""
+        return _index_table.record_table(self._file_path(file_index))[1]
+
+    def _file_path(self, file_index):
+        self._check_open()
+        if isinstance(file_index, bool) or not isinstance(file_index, (int, np.integer)):
+            raise TypeError(f"file_index must be an int, not {type(file_index).__name__}")
+        paths = self._dataset.paths
+        if not 0 <= file_index < len(paths):
+            raise IndexError(f"file_index {file_index} out of range for {len(paths)} file(s)")
+        return paths[file_index]
 
     # ---- lifecycle --------------------------------------------------------
     def close(self):

@@ -315,9 +315,10 @@ def test_elastic_resume_for_structured_batches(path, pattern):
 # ---- leaks -------------------------------------------------------------------
 
 def resources():
-    """Open descriptors, /dev/shm entries and shared-memory mappings of this process."""
+    """Open descriptors, torch's /dev/shm entries (other programs on the machine
+    may come and go in /dev/shm) and shared-memory mappings of this process."""
     fds = len(os.listdir("/proc/self/fd"))
-    shm = len(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else 0
+    shm = sum(1 for name in os.listdir("/dev/shm") if name.startswith("torch_")) if os.path.isdir("/dev/shm") else 0
     with open("/proc/self/maps") as f:
         maps = sum(1 for line in f if "/dev/shm/" in line or "torch_" in line)
     return fds, shm, maps
@@ -345,7 +346,8 @@ def test_nothing_leaks_after_the_loader_is_deleted(path, kind):
         assert sorted(i for b in kept for i in read(b)) == list(range(N))
         del loader
         del kept  # ... until dropped here
-    assert settled(before) == before
+    after = settled(before)
+    assert after == before, f"(fds, /dev/shm entries, mappings) {before} before, {after} after"
 
 
 @pytest.mark.parametrize("kind", ["torch", "ffrecord"])
@@ -362,4 +364,5 @@ def test_nothing_leaks_when_a_worker_dies(path, kind):
         for batch in it:
             read(batch)
     del it, loader, batch
-    assert settled(before) == before
+    after = settled(before)
+    assert after == before, f"(fds, /dev/shm entries, mappings) {before} before, {after} after"

@@ -38,7 +38,7 @@ def unpack(ffr_file, out_dir, overwrite=False, on_file=None):
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UsageError(f"{out_dir}: exists and is not a directory")
     with PackedFolder(ffr_file) as packed:
-        names = packed.list(list_dir=False, recursive=True)
+        names = [os.fspath(name) for name in packed.list(list_dir=False, recursive=True)]
         for name in names:
             _check_safe(name, ffr_file)
         if not overwrite:

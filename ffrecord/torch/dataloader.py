@@ -24,6 +24,7 @@ How the position is restored
 
 import collections
 import inspect
+import itertools
 import multiprocessing
 import weakref
 
@@ -34,7 +35,7 @@ from ._shipment import ShippingCollate
 from .packed import packed_collate
 from .sampler import DistributedSampler
 
-__all__ = ["DataLoader"]
+__all__ = ["DataLoader", "SkipableSampler"]
 
 # torch < 2.6 has no in_order argument (and always delivers in order).
 _TORCH_HAS_IN_ORDER = "in_order" in inspect.signature(torch.utils.data.DataLoader.__init__).parameters
@@ -180,12 +181,16 @@ class DataLoader(torch.utils.data.DataLoader):
 
     The arguments are torch's. Differences:
 
-    * ``shuffle=True`` (without a sampler) orders each epoch by
+    * ``shuffle=True`` (without a sampler) with a ``generator`` and no
+      ``seed`` shuffles exactly as torch's DataLoader (and the original
+      FFRecord loader) does with that generator: torch's ``RandomSampler``,
+      the same order for the same generator state.
+    * ``shuffle=True`` otherwise orders each epoch by
       ``ffrecord.torch.DistributedSampler`` on one rank: epoch ``e`` of a
       loader is a fixed permutation of ``(seed, e)``; ``seed`` defaults to a
-      number drawn from ``generator`` (or torch's global RNG) when the loader
-      is built, and the epoch advances by one at each new iteration (or is
-      chosen with ``set_epoch``).
+      number drawn from torch's global RNG when the loader is built, and the
+      epoch advances by one at each new iteration (or is chosen with
+      ``set_epoch``). This order survives elastic resume.
     * With workers and no ``multiprocessing_context``, workers are forked
       where the platform can (as the original FFRecord loader did); pass
       ``multiprocessing_context='spawn'`` to spawn them.
@@ -197,18 +202,29 @@ class DataLoader(torch.utils.data.DataLoader):
       the epoch; see the module docstring for what counts as consumed.
     * ``set_step(step)`` (from the original package): every iteration after it
       starts at batch ``step`` of its epoch, until ``set_step(0)``.
+      ``skippable=False`` (also from it) turns ``set_step`` off.
+    * The original loader took ``generator`` as its twelfth positional
+      argument, where torch has ``multiprocessing_context``: a
+      ``torch.Generator`` passed there is taken as the generator.
+    * ``prefetch_factor`` is ignored without workers (torch refuses it; the
+      original loader passed it).
     * ``in_order=False`` is refused: counting consumed batches needs order.
     """
 
     def __init__(self, dataset, batch_size=1, shuffle=None, sampler=None, batch_sampler=None, num_workers=0,
                  collate_fn=None, pin_memory=False, drop_last=False, timeout=0, worker_init_fn=None,
                  multiprocessing_context=None, generator=None, *, prefetch_factor=None,
-                 persistent_workers=False, pin_memory_device="", in_order=True, seed=None):
+                 persistent_workers=False, pin_memory_device="", in_order=True, seed=None, skippable=True):
         if not in_order:
             raise ValueError("ffrecord.torch.DataLoader needs in_order=True to know which batches were consumed")
+        if isinstance(multiprocessing_context, torch.Generator) and generator is None:
+            generator, multiprocessing_context = multiprocessing_context, None
+        if not num_workers:
+            prefetch_factor = None  # meaningless without workers; the original loader passed 2 regardless
         auto_epoch = False
         map_style = not isinstance(dataset, torch.utils.data.IterableDataset)
-        if shuffle and sampler is None and batch_sampler is None and map_style:
+        torch_order = generator is not None and seed is None  # the order torch's loader gives
+        if shuffle and sampler is None and batch_sampler is None and map_style and not torch_order:
             if seed is None:
                 seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
             sampler = DistributedSampler(len(dataset), num_replicas=1, rank=0, shuffle=True, seed=seed)
@@ -232,6 +248,7 @@ class DataLoader(torch.utils.data.DataLoader):
             self.collate_fn = ShippingCollate(self.collate_fn)
         self._auto_epoch = auto_epoch
         self._next_epoch = 0
+        self.skippable = bool(skippable)
         self._step = 0
         self._pending = None
         self._run = None
@@ -254,13 +271,18 @@ class DataLoader(torch.utils.data.DataLoader):
         """Every following iteration skips its first ``step`` batches (without
         reading them), as in the original FFRecord package; ``set_step(0)``
         turns it off. A state loaded with ``load_state_dict`` takes precedence
-        for the iteration right after it."""
+        for the iteration right after it. A loader built with
+        ``skippable=False`` refuses it (ValueError)."""
+        if not self.skippable:
+            raise ValueError("set_step needs a loader built with skippable=True")
         if isinstance(step, bool) or not isinstance(step, int):
             raise TypeError(f"step must be an int, not {type(step).__name__}")
         total = len(super()._index_sampler)
         if not 0 <= step <= total:
             raise ValueError(f"step must be in [0, {total}], got {step}")
         self._step = step
+        if self._run is not None:  # len() now tells the next iteration's length, as in the original
+            self._run.total = None
 
     # ---- epochs -----------------------------------------------------------
     def set_epoch(self, epoch):
@@ -437,3 +459,29 @@ class DataLoader(torch.utils.data.DataLoader):
                 return run.total
         skip = plan.skip if plan is not None else self._step
         return max(0, len(inner) - skip)
+
+
+class SkipableSampler(torch.utils.data.Sampler):
+    """The original FFRecord loader's wrapper, for code that used it directly:
+    iterating it yields the items of ``sampler`` (usually a batch sampler)
+    after the first ``step`` ones, every time, until ``set_step(0)``. The
+    skipped items are still drawn from ``sampler``, so a random order is the
+    one an uninterrupted pass gives. (``DataLoader.set_step`` does not need it.)"""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+        self.step = 0
+
+    def __iter__(self):
+        # A generator, so nothing is drawn before the first item is asked for.
+        yield from itertools.islice(self.sampler, self.step, None)
+
+    def __len__(self):
+        return max(0, len(self.sampler) - self.step)
+
+    def set_step(self, step):
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise TypeError(f"step must be an int, not {type(step).__name__}")
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        self.step = step

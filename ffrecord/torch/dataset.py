@@ -26,7 +26,7 @@ from .decoders import get_decoder, raw, to_bytes
 from .packed import PackedBatch, RecordViews
 
 
-__all__ = ["RecordDataset", "Dataset", "Subset", "ConcatDataset"]
+__all__ = ["RecordDataset", "Dataset", "Subset", "ConcatDataset", "ReaderRegistry"]
 
 
 class _ProcessLocalReader:
@@ -249,7 +249,46 @@ def _one_by_one(self, indices):
 _one_by_one._ships = True
 
 
-class Dataset(torch.utils.data.Dataset):
+class ReaderRegistry:
+    """Finds the FileReaders an object reads through, as the original FFRecord
+    package's ``ReaderRegistry`` did: ``ffreaders()`` lists the readers held
+    in the object's attributes, then those of attributes that are themselves
+    registries (also inside a list or tuple attribute, e.g. the datasets of a
+    ``ConcatDataset``), each reader once. Attributes are plain attributes
+    here: nothing is intercepted when they are set."""
+
+    def ffreaders(self):
+        readers, seen = [], set()
+        _collect_readers(self, readers, seen)
+        return readers
+
+
+def _collect_readers(registry, readers, seen):
+    if id(registry) in seen:
+        return
+    seen.add(id(registry))
+    nested = []
+    for value in _held_values(registry):
+        if isinstance(value, FileReader):
+            if id(value) not in seen:
+                seen.add(id(value))
+                readers.append(value)
+        elif isinstance(value, ReaderRegistry):
+            nested.append(value)
+        elif isinstance(value, (list, tuple)):
+            nested.extend(v for v in value if isinstance(v, ReaderRegistry))
+    for child in nested:
+        _collect_readers(child, readers, seen)
+
+
+def _held_values(obj):
+    """The attribute values of ``obj``; a reader opened per process stands for
+    the FileReader it gives in this process."""
+    for value in vars(obj).values():
+        yield value.get() if isinstance(value, _ProcessLocalReader) else value
+
+
+class Dataset(torch.utils.data.Dataset, ReaderRegistry):
     """Compatibility base class of the original FFRecord package.
 
     Indexed with a *batch* of indices, it reads their records in one call and
@@ -312,6 +351,10 @@ class Dataset(torch.utils.data.Dataset):
         """Turns the raw records ``data`` (numpy uint8 arrays, one per index)
         into the list of samples handed to the DataLoader's ``collate_fn``."""
         raise NotImplementedError("subclasses of ffrecord.torch.Dataset define process(indices, data)")
+
+    def __add__(self, other):
+        # Ours, not torch's ConcatDataset: it takes a batch of indices too.
+        return ConcatDataset([self, other])
 
 
 def _fetch_many(dataset, indices):
