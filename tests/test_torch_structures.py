@@ -176,6 +176,14 @@ def test_each_pattern_delivers_exactly_the_records_asked_for(path, pattern, kind
     assert sorted(i for batch in loader for i in read(batch)) == list(range(N))
 
 
+@pytest.mark.parametrize("kind", ["torch", "ffrecord"])
+def test_spawned_workers(path, kind):
+    # Spawned workers import the transport afresh and get the dataset pickled.
+    make_dataset, collate_fn, read = PATTERNS["dicts"]
+    loader = make_loader(kind, make_dataset(path), collate_fn, 1, multiprocessing_context="spawn")
+    assert sorted(i for batch in loader for i in read(batch)) == list(range(N))
+
+
 @pytest.mark.parametrize("pattern", ["pairs per batch", "dicts", "decoded, kept as a list"])
 def test_held_batches_stay_intact_when_the_shared_memory_runs_out(path, pattern):
     # Keeping every batch exhausts the slots: later batches travel the plain
