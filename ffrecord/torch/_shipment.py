@@ -60,7 +60,6 @@ class _Packer(ForkingPickler):
     def __init__(self, file):
         super().__init__(file, pickle.HIGHEST_PROTOCOL)
         self.regions = []  # handle or tensor per region, filled by finish()
-        self.held = {}  # (ring id, slot) -> region index
         self.arena = None  # region index of the copied leaves
         self.copies = []  # (uint8 numpy source, offset in the arena)
         self.arena_bytes = 0
