@@ -21,15 +21,18 @@ Rules: a slot is taken (flag 1) only by its worker and given back (flag 0)
 by the training process once sent, or by the worker if never sent. When no
 slot is free or a batch does not fit, the batch travels the plain torch way
 (correct, just slower): nothing ever waits on the ring. A larger batch makes
-the worker start a bigger ring; the training process forgets a ring when its
-worker replaced it or is gone, while tensors still using it keep its memory.
-A worker must not keep a batch after returning it: the slot is reused once
-the training loop lets go of it.
+the worker start a bigger ring; the worker names an old ring as retired (with
+a later message) once none of its slots is held unsent, and the training
+process then forgets it, as it forgets the rings of workers that are gone;
+tensors still using a ring keep its memory. A worker must not keep a batch
+after returning it: the slot is reused once the training loop lets go of it.
 """
 
+import gc
 import os
 import secrets
 import threading
+import time
 import weakref
 
 import torch
@@ -43,6 +46,7 @@ _HEADER = 64  # flag bytes, one per slot
 _ALIGN = 64 << 10
 
 _worker_ring = None  # the ring of this worker process (worker side)
+_old_rings = []  # replaced rings of this worker, until the training process is told
 _worker_lock = threading.RLock()  # re-entrant: a finaliser may run while it is held
 _attached = {}  # ring id -> (numpy view of the ring, owner pid)   (training side)
 _attached_lock = threading.Lock()
@@ -58,7 +62,6 @@ class _Ring:
         self.base = self.tensor.data_ptr()
         self.id = (os.getpid(), secrets.token_hex(8))
         self.sent = False
-        self.retires = None
         self.held = set()  # slots handed out by worker_buffer and not sent yet
 
     def slot_of(self, ptr, nbytes):
@@ -102,9 +105,9 @@ def _ring_for(nbytes):
     global _worker_ring
     ring = _worker_ring
     if ring is None or nbytes > ring.slot_bytes:
-        fresh = _Ring(_slot_size(nbytes))
-        fresh.retires = ring.id if ring is not None else None
-        ring = _worker_ring = fresh
+        if ring is not None:
+            _old_rings.append(ring)
+        ring = _worker_ring = _Ring(_slot_size(nbytes))
     return ring
 
 
@@ -129,6 +132,12 @@ def worker_buffer(nbytes):
     return torch.from_numpy(view)
 
 
+def keep_slot(ring, slot):
+    """Worker side: undoes ``export_slot`` for a handle that was never sent."""
+    with _worker_lock:
+        ring.held.add(slot)
+
+
 def _drop_unsent(ring, slot, pid):
     if os.getpid() != pid:  # a forked copy of the object: only its owner frees the slot
         return
@@ -143,7 +152,40 @@ def _payload(ring):
     if ring.sent:
         return None
     ring.sent = True
-    return (ring.tensor, ring.retires, ring.slots, ring.slot_bytes)
+    return (ring.tensor, ring.slots, ring.slot_bytes)
+
+
+def _retired():
+    """Ids of replaced rings with no slot held unsent any more: no later
+    message can refer to them, so the training process may forget them."""
+    done = [r for r in _old_rings if not r.held]
+    for r in done:
+        _old_rings.remove(r)
+    return [r.id for r in done]
+
+
+def _handle(ring, slot, offset, nbytes):
+    return (ring.id, _payload(ring), slot, offset, nbytes, _retired())
+
+
+def locate(ptr, nbytes):
+    """Worker side: ``(ring, slot, offset, held)`` when ``[ptr, ptr + nbytes)``
+    lies in a slot of this worker's rings (``held``: handed out by
+    ``worker_buffer`` and not sent yet), else None."""
+    with _worker_lock:
+        for ring in (_worker_ring, *_old_rings):
+            where = ring.slot_of(ptr, nbytes) if ring is not None else None
+            if where is not None:
+                return ring, where[0], where[1], where[0] in ring.held
+    return None
+
+
+def export_slot(ring, slot):
+    """Worker side: a handle for ``import_`` to the whole held ``slot`` of
+    ``ring``; from now on the training process frees it."""
+    with _worker_lock:
+        ring.held.discard(slot)
+        return _handle(ring, slot, 0, ring.slot_bytes)
 
 
 def export(data):
@@ -157,18 +199,18 @@ def export(data):
     if not _fits(nbytes):
         return None
     with _worker_lock:
-        ring = _worker_ring
-        where = ring.slot_of(data.data_ptr(), nbytes) if ring is not None else None
-        if where is not None and where[0] in ring.held:
-            ring.held.discard(where[0])  # from now on the training process frees it
-            return (ring.id, _payload(ring), where[0], where[1], nbytes)
+        found = locate(data.data_ptr(), nbytes)
+        if found is not None and found[3]:
+            ring, slot, offset, _ = found
+            ring.held.discard(slot)  # from now on the training process frees it
+            return _handle(ring, slot, offset, nbytes)
         ring = _ring_for(nbytes)
         slot = ring.take()
         if slot is None:
             return None
         start = _HEADER + slot * ring.slot_bytes
         ring.array[start:start + nbytes] = data.numpy()
-        return (ring.id, _payload(ring), slot, 0, nbytes)
+        return _handle(ring, slot, 0, nbytes)
 
 
 def _release(flags, slot, pid):
@@ -178,32 +220,60 @@ def _release(flags, slot, pid):
         flags[slot] = 0
 
 
-
-
 def import_(handle):
     """Training side: the batch bytes as a uint8 tensor over the ring slot;
     the slot is given back when the tensor's memory is released."""
-    ring_id, payload, slot, offset, nbytes = handle
+    ring_id, payload, slot, offset, nbytes, retired = handle
     with _attached_lock:
         if payload is not None:
-            tensor, retires, slots, slot_bytes = payload
-            _attached.pop(retires, None)
-            for key in [k for k in _attached if k[0] != ring_id[0] and not pid_alive(k[0])]:
-                del _attached[key]  # rings of workers that have exited
+            tensor, slots, slot_bytes = payload
+            _forget_exited(keep=ring_id[0])
             _attached[ring_id] = (tensor.numpy(), slots, slot_bytes)
         entry = _attached.get(ring_id)
+        for key in retired:  # after the lookup: the handle may name its own ring
+            _attached.pop(key, None)
     if entry is None:
-        raise RuntimeError(
+        raise ValueError(
             "a packed batch refers to a shared-memory ring this process never received "
             "(PackedBatch objects from DataLoader workers can only be unpickled by that DataLoader)"
         )
     array, slots, slot_bytes = entry
     if not 0 <= slot < slots or not (0 <= offset and 0 < nbytes and offset + nbytes <= slot_bytes):
-        raise RuntimeError(f"bad packed-batch handle: slot {slot}, offset {offset}, {nbytes} bytes")
+        raise ValueError(f"bad packed-batch handle: slot {slot}, offset {offset}, {nbytes} bytes")
     start = _HEADER + slot * slot_bytes + offset
     view = array[start:start + nbytes]
     weakref.finalize(view, _release, array, slot, os.getpid())
     return torch.from_numpy(view)
+
+
+def _forget_exited(keep=None):
+    """Drops the rings of workers that have exited (call with the lock held);
+    batches still using one keep its memory."""
+    for key in [k for k in _attached if k[0] != keep and not pid_alive(k[0])]:
+        del _attached[key]
+
+
+_last_sweep = 0.0
+
+
+def _sweep_after_gc(phase, info):
+    # After a loader and its workers are gone no batch arrives to trigger the
+    # clean-up in import_; the garbage collector runs often in any program,
+    # so the training process lets go of their rings then (at most 10 times a second).
+    global _last_sweep
+    if phase != "stop" or not _attached:
+        return
+    now = time.monotonic()
+    if now - _last_sweep < 0.1 or not _attached_lock.acquire(blocking=False):
+        return
+    try:
+        _last_sweep = now
+        _forget_exited()
+    finally:
+        _attached_lock.release()
+
+
+gc.callbacks.append(_sweep_after_gc)
 
 
 def _reset_after_fork():
@@ -211,6 +281,7 @@ def _reset_after_fork():
     # fresh locks (another thread may have held one at the fork).
     global _worker_ring, _worker_lock, _attached_lock
     _worker_ring = None
+    _old_rings.clear()
     _worker_lock = threading.RLock()
     _attached_lock = threading.Lock()
     _attached.clear()

@@ -31,6 +31,7 @@ import weakref
 import torch
 import torch.utils.data
 
+from ._shipment import ShippingCollate
 from .packed import packed_collate
 from .sampler import DistributedSampler
 
@@ -194,6 +195,9 @@ class DataLoader(torch.utils.data.DataLoader):
       where the platform can (as the original FFRecord loader did); pass
       ``multiprocessing_context='spawn'`` to spawn them.
     * A dataset with ``packed=True`` gets ``collate_fn=packed_collate``.
+    * What ``collate_fn`` returns in a worker crosses to the training process
+      as its structure plus one shared-memory buffer for its arrays and
+      tensors (see ``docs/TORCH.md``); it arrives as the same structure.
     * ``state_dict()`` / ``load_state_dict()`` save and restore the position in
       the epoch; see the module docstring for what counts as consumed.
     * ``set_step(step)`` (from the original package): every iteration after it
@@ -240,6 +244,8 @@ class DataLoader(torch.utils.data.DataLoader):
             generator=generator, prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
             pin_memory_device=pin_memory_device, **optional,
         )
+        if num_workers:  # batches cross from workers as structure plus shared memory
+            self.collate_fn = ShippingCollate(self.collate_fn)
         self._auto_epoch = auto_epoch
         self._next_epoch = 0
         self.skippable = bool(skippable)

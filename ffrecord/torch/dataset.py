@@ -14,13 +14,14 @@ first use and never touches the one its parent opened.
 """
 
 import bisect
+import functools
 import os
 
 import numpy as np
 import torch.utils.data
 
 from ..reader import FileReader
-from . import _transfer
+from . import _shipment, _transfer
 from .decoders import get_decoder, raw, to_bytes
 from .packed import PackedBatch, RecordViews
 
@@ -97,7 +98,24 @@ class RecordDataset(torch.utils.data.Dataset):
     ``direct=True`` reads with ``O_DIRECT`` (see ``ffrecord.FileReader``).
     The dataset opens its reader lazily in each process and pickles by path,
     so it works with any ``num_workers``, fork or spawn.
+
+    In a DataLoader worker, a batch's records are read into shared memory and
+    the list of samples crosses to the training process as its structure plus
+    that memory (``docs/TORCH.md``, "How batches cross processes"): a sample
+    may hold views of its record, but the worker must not keep them after the
+    batch is returned. A subclass may override ``__getitems__`` (its lists
+    cross the same way) or only ``__getitem__`` (then batches are made of
+    ``self[i]`` one by one).
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__getitems__")
+        if own is not None:
+            if not getattr(own, "_ships", False):
+                cls.__getitems__ = _shipping(own)
+        elif "__getitem__" in cls.__dict__ and cls.__getitems__ is RecordDataset.__getitems__:
+            cls.__getitems__ = _one_by_one  # torch would call __getitems__ and skip the override
 
     def __init__(self, path, decode=None, transform=None, check_data=True, packed=False, *,
                  batch_transform=None, direct=False):
@@ -159,8 +177,12 @@ class RecordDataset(torch.utils.data.Dataset):
         elif self.decode is to_bytes and self.transform is None:
             batch = reader.read_bytes(indices)  # straight into the bytes objects
         else:
-            batch = [self._sample(r) for r in reader.read(indices)]
-        return self.batch_transform(batch) if self.batch_transform is not None else batch
+            # In a worker the records view shared memory: samples that keep
+            # views of them cross without a copy.
+            batch = [self._sample(r) for r in self._read_views(reader, indices)]
+        if self.batch_transform is not None:
+            batch = self.batch_transform(batch)
+        return _shipment.in_worker(batch)
 
     def _read_packed(self, reader, indices):
         """One batch as (uint8 data, int64 offsets). In a DataLoader worker the
@@ -206,6 +228,25 @@ class RecordDataset(torch.utils.data.Dataset):
 
     def __repr__(self):
         return f"<ffrecord.torch.RecordDataset {self.path!r} records={self._len} packed={self.packed}>"
+
+
+def _shipping(getitems):
+    """A subclass's ``__getitems__`` whose lists cross from workers as one buffer."""
+
+    @functools.wraps(getitems)
+    def __getitems__(self, indices):
+        return _shipment.in_worker(getitems(self, indices))
+
+    __getitems__._ships = True
+    return __getitems__
+
+
+def _one_by_one(self, indices):
+    """The samples ``self[i]`` of a batch, for subclasses that override only ``__getitem__``."""
+    return _shipment.in_worker([self[i] for i in indices])
+
+
+_one_by_one._ships = True
 
 
 class ReaderRegistry:
@@ -304,7 +345,7 @@ class Dataset(torch.utils.data.Dataset, ReaderRegistry):
         return self.process(indices, self.reader.read(indices))
 
     def __getitems__(self, indices):
-        return self[list(indices)]
+        return _shipment.in_worker(self[list(indices)])
 
     def process(self, indices, data):
         """Turns the raw records ``data`` (numpy uint8 arrays, one per index)

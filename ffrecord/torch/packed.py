@@ -11,7 +11,7 @@ from multiprocessing.reduction import ForkingPickler
 import numpy as np
 import torch
 
-from . import _transfer
+from . import _shipment, _transfer
 
 __all__ = ["PackedBatch", "RecordViews", "packed_collate"]
 
@@ -170,12 +170,13 @@ class RecordViews(list):
 
 
 def _reduce_views_for_ipc(batch):
-    """RecordViews on a multiprocessing queue: as its ring slot where it can."""
+    """RecordViews on a multiprocessing queue: as its ring slot where it can;
+    a changed list as a list whose arrays travel in shared memory."""
     if batch._unchanged():
         handle = _transfer.export(batch._data)
         if handle is not None:
             return (_rebuild_views_from_ring, (handle, batch._offsets))
-    return (list, (list(batch),))
+    return _shipment.pack(list(batch))
 
 
 def _rebuild_views_from_ring(handle, offsets):

@@ -1,0 +1,249 @@
+"""Moves any batch from a DataLoader worker to the training process as its
+structure plus its arrays and tensors in shared memory.
+
+Why: a worker's batch normally crosses as one pickle in which every numpy
+array is copied into the pickle stream, the stream is written through a pipe,
+read back and unpickled array by array; every tensor gets a shared-memory
+segment and a file descriptor of its own. For batches of many samples that
+trip, not the reading, limits a loader.
+
+Here a batch is pickled with a pickler that takes every plain CPU array and
+tensor out of the stream (the *leaves*): the stream keeps only the structure
+(lists, tuples, dicts, labels, strings...) and, per leaf, where its bytes
+are. A leaf that already lies in a shared-memory slot the worker read the
+batch into (see ``_transfer.worker_buffer``) stays where it is; every other
+leaf is copied once into one more slot. The training process attaches the
+slots, rebuilds the structure and makes each leaf a view of its slot. A slot
+is given back when the last leaf viewing it is gone.
+
+Anything else (bytes, PIL images, objects) is pickled as usual, so the
+batch that arrives is the one the worker returned, with arrays and tensors
+of the same dtype and shape (arranged C-contiguous). When no slot is free,
+the leaves go in one ordinary tensor instead (torch shares it), which is
+correct, only slower.
+"""
+
+import ctypes
+import io
+import pickle
+import threading
+from multiprocessing.reduction import ForkingPickler
+
+import numpy as np
+import torch
+from torch.utils.data import get_worker_info
+
+from . import _transfer
+
+__all__ = ["SampleList", "ShippingCollate", "in_worker", "pack", "ship"]
+
+_ALIGN = 16  # leaf offsets: enough for every numpy and torch element type
+# A tensor already in shared memory this big goes the torch way (its segment
+# is passed as is): a copy would cost more than torch's per-tensor overhead.
+_SHARED_AS_IS = 1 << 20
+_rebuilding = threading.local()
+_UINT8 = np.dtype(np.uint8)
+
+
+def _address(a):
+    """The address of a C-contiguous array's first byte (``a.ctypes.data``
+    costs about four times as much; it is the fallback for read-only arrays)."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+    except (TypeError, ValueError):
+        return a.ctypes.data
+
+
+class _Packer(ForkingPickler):
+    """Pickles a batch, replacing its leaves by references to slots."""
+
+    def __init__(self, file):
+        super().__init__(file, pickle.HIGHEST_PROTOCOL)
+        self.regions = []  # handle or tensor per region, filled by finish()
+        self.arena = None  # region index of the copied leaves
+        self.copies = []  # (uint8 numpy source, offset in the arena)
+        self.arena_bytes = 0
+        self.exported = []  # (ring, slot) handed over by this batch
+        self.spans = []  # (start address, end address, region) of those slots
+
+    def reducer_override(self, obj):
+        kind = type(obj)
+        if kind is np.ndarray:
+            return self._array(obj)
+        if kind is torch.Tensor:
+            return self._tensor(obj)
+        if kind is SampleList:
+            return (list, (list(obj),))
+        if kind is _Shipment:
+            return (_identity, (obj.batch,))
+        return NotImplemented
+
+    def _place(self, raw, ptr, nbytes, align=1):
+        """(region, offset) of a leaf's bytes: its held slot, or the arena.
+        A leaf stays in its slot only at an offset that is a multiple of
+        ``align`` (torch views a dtype only at such offsets)."""
+        for start, end, region in self.spans:  # most leaves lie in a slot already found
+            if start <= ptr and ptr + nbytes <= end and (ptr - start) % align == 0:
+                return region, ptr - start
+        found = _transfer.locate(ptr, nbytes)
+        if found is not None and found[3] and found[2] % align == 0:
+            ring, slot, offset, _ = found
+            region = len(self.regions)
+            self.regions.append(_transfer.export_slot(ring, slot))
+            self.exported.append((ring, slot))
+            start = ptr - offset
+            self.spans.append((start, start + ring.slot_bytes, region))
+            return region, offset
+        if self.arena is None:
+            self.arena = len(self.regions)
+            self.regions.append(None)
+        offset = self.arena_bytes
+        self.copies.append((raw, offset))
+        self.arena_bytes = offset + -(-nbytes // _ALIGN) * _ALIGN
+        return self.arena, offset
+
+    def _array(self, a):
+        dtype = a.dtype
+        if dtype.hasobject or a.size == 0:
+            return NotImplemented
+        if not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a)
+        if a.ndim == 1 and (dtype is _UINT8 or dtype == _UINT8):  # a raw record: the common case
+            region, offset = self._place(a, _address(a), a.size)
+            return (_bytes_leaf, (region, offset, a.size))
+        raw = a.reshape(-1).view(np.uint8)
+        region, offset = self._place(raw, _address(raw), raw.size)
+        return (_array_leaf, (region, offset, raw.size, dtype, a.shape))
+
+    def _tensor(self, t):
+        if (t.device.type != "cpu" or t.requires_grad or t.layout != torch.strided or t.is_quantized
+                or t.numel() == 0 or t.is_conj() or t.is_neg()):
+            return NotImplemented
+        nbytes = t.numel() * t.element_size()
+        if t.is_shared() and nbytes >= _SHARED_AS_IS:
+            return NotImplemented
+        flat = t.contiguous().reshape(-1)
+        raw = flat.view(torch.uint8).numpy() if flat.dtype != torch.uint8 else flat.numpy()
+        region, offset = self._place(raw, flat.data_ptr(), nbytes, t.element_size())
+        return (_tensor_leaf, (region, offset, nbytes, t.dtype, tuple(t.shape)))
+
+    def finish(self):
+        """The regions, once the arena is filled: slot handles or tensors."""
+        if self.arena is not None:
+            target = _transfer.worker_buffer(self.arena_bytes)
+            if target is None:
+                target = torch.empty(self.arena_bytes, dtype=torch.uint8)
+            out = target.numpy()
+            for raw, offset in self.copies:
+                out[offset:offset + raw.size] = raw
+            handle = _transfer.export(target)
+            self.regions[self.arena] = handle if handle is not None else target
+            self.copies = []
+        return self.regions
+
+
+def pack(obj):
+    """The ``(rebuild, args)`` reduction of ``obj`` on a worker's queue."""
+    stream = io.BytesIO()
+    packer = _Packer(stream)
+    try:
+        packer.dump(obj)
+        regions = packer.finish()
+    except BaseException:
+        for ring, slot in packer.exported:  # never sent: the worker keeps them
+            _transfer.keep_slot(ring, slot)
+        raise
+    return (_unpack, (stream.getvalue(), regions))
+
+
+def _unpack(skeleton, regions):
+    bases = []
+    for region in regions:
+        data = _transfer.import_(region) if isinstance(region, tuple) else region
+        bases.append((data.numpy(), data))
+    outer = getattr(_rebuilding, "bases", None)
+    _rebuilding.bases = bases
+    try:
+        return pickle.loads(skeleton)
+    finally:
+        _rebuilding.bases = outer
+
+
+def _bytes_leaf(region, offset, nbytes):
+    return _rebuilding.bases[region][0][offset:offset + nbytes]
+
+
+def _array_leaf(region, offset, nbytes, dtype, shape):
+    return _rebuilding.bases[region][0][offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+def _tensor_leaf(region, offset, nbytes, dtype, shape):
+    data = _rebuilding.bases[region][1][offset:offset + nbytes]
+    return (data if dtype == torch.uint8 else data.view(dtype)).view(shape)
+
+
+class SampleList(list):
+    """A list of samples made in a DataLoader worker. It is the plain list it
+    is; what differs is how it crosses to the training process: as its
+    structure plus one shared-memory buffer for all its arrays and tensors
+    (see the module docstring). It arrives as a plain ``list``."""
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        return (list, (list(self),))
+
+
+class _Shipment:
+    """Any batch, wrapped so that the worker's queue sends it the same way."""
+
+    __slots__ = ("batch",)
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def __reduce__(self):
+        return (_identity, (self.batch,))
+
+
+def _identity(batch):
+    return batch
+
+
+ForkingPickler.register(SampleList, lambda batch: pack(list(batch)))
+ForkingPickler.register(_Shipment, lambda shipment: pack(shipment.batch))
+
+
+class ShippingCollate:
+    """A ``collate_fn`` whose batches cross from workers by ``ship``."""
+
+    __slots__ = ("collate_fn",)
+
+    def __init__(self, collate_fn):
+        self.collate_fn = collate_fn
+
+    def __call__(self, samples):
+        return ship(self.collate_fn(samples))
+
+    def __repr__(self):
+        return f"ShippingCollate({self.collate_fn!r})"
+
+
+def in_worker(samples):
+    """``samples`` (a list) as a ``SampleList`` inside a DataLoader worker;
+    unchanged elsewhere, or when it is not a plain list."""
+    if type(samples) is list and get_worker_info() is not None:
+        return SampleList(samples)
+    return samples
+
+
+def ship(batch):
+    """What a worker's ``collate_fn`` returns, wrapped to cross as structure
+    plus shared memory. Batches with a transport of their own (packed
+    batches, raw record views, sample lists) and batches outside a worker
+    are returned as they are."""
+    from .packed import PackedBatch, RecordViews
+
+    if get_worker_info() is None or isinstance(batch, (PackedBatch, RecordViews, SampleList, _Shipment)):
+        return batch
+    return _Shipment(batch)
