@@ -58,6 +58,13 @@ Measured separately, on the large workload:
 
     python benchmarks/bench_checkpoint.py                 # defaults: 4 layers (~1.24 GB)
     python benchmarks/bench_checkpoint.py --layers 1 --repeats 1   # quick
+    python benchmarks/bench_checkpoint.py --netfs --skip-async      # through a network mount
+
+--netfs stands up the test suite's network-filesystem rig (tests/netfs_rig.py:
+sshd on loopback, the export mounted with sshfs; needs root and FUSE) and
+works in a directory of the mount. The server's files lie on this machine too,
+so a cold load there drops the whole page cache (/proc/sys/vm/drop_caches):
+the client's pages and the server's both.
 """
 
 import argparse
@@ -154,9 +161,16 @@ def fsync_tree(path):
     os.close(fd)
 
 
+DROP_ALL = False  # --netfs: the server's copy of the files is cached on this machine too
+
+
 def drop_cache(path):
     """Evicts every file under ``path`` from the page cache (clean pages only: fsync first)."""
     fsync_tree(path)
+    if DROP_ALL:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
     paths = [path] if os.path.isfile(path) else [os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs]
     for p in paths:
         fd = os.open(p, os.O_RDONLY)
@@ -481,7 +495,27 @@ def main():
     ap.add_argument("--staging-cap", type=int, default=256 << 20, help="max_staging_bytes for the bounded async run")
     ap.add_argument("--step-seconds", type=float, default=1.0,
                     help="compute of the simulated training step, alone (0: skip the step measurement)")
+    ap.add_argument("--netfs", action="store_true",
+                    help="work through an sshfs mount of the test rig (root and FUSE needed)")
+    ap.add_argument("--netfs-latency-ms", type=float, default=0.0,
+                    help="with --netfs: delay added to every filesystem operation on the server side")
     args = ap.parse_args()
+
+    if args.netfs:
+        global DROP_ALL
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+        from netfs_rig import NetFSRig, unavailable_reason
+
+        reason = unavailable_reason(latency=args.netfs_latency_ms > 0)
+        if reason:
+            sys.exit(f"--netfs: {reason}")
+        rig = NetFSRig(latency_ms=args.netfs_latency_ms).__enter__()
+        import atexit
+
+        atexit.register(rig.__exit__, None, None, None)
+        args.workdir = rig.new_dir("ckpt").a
+        DROP_ALL = True
+        print(f"through sshfs (node A of the test rig), {args.netfs_latency_ms} ms added per operation")
 
     os.makedirs(args.workdir, exist_ok=True)
     methods = [m for m in (Ffrecord(), FfrecordDirect(), FfrecordMmap(), TorchSave(), TorchSaveMmap(), Safetensors(), Dcp())
@@ -495,7 +529,7 @@ def main():
     for title, state in workloads:
         nbytes = tensor_bytes(state)
         runs = {m.name: {} for m in methods}
-        fio = {} if shutil.which("fio") else None
+        fio = {} if shutil.which("fio") and not args.netfs else None  # through the mount: see bench_netfs.py
         likes = {m.name: empty_like_state(state) if isinstance(m, Dcp) else None for m in methods}
         # Interleaved: every repeat runs fio and each method once, so a busy
         # moment on a shared machine falls on all of them alike.
