@@ -3,7 +3,6 @@
 import json
 import os
 
-import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -14,6 +13,7 @@ import ffrecord  # noqa: E402
 from ffrecord.cli import main  # noqa: E402
 from ffrecord.ray import FFRecordDatasink, read_ffrecord, write_ffrecord  # noqa: E402
 from ffrecord.tools.staged import STAGING_MARK  # noqa: E402
+from engine_rows import contents, rows_table  # noqa: E402
 
 ROWS = 3000
 
@@ -32,25 +32,6 @@ def cluster():
     ray.shutdown()
 
 
-def rows_table(n=ROWS, seed=0):
-    rng = np.random.default_rng(seed)
-    return pa.table({
-        "id": [f"row-{i:06d}" for i in range(n)],
-        "image": [rng.bytes(int(rng.integers(0, 100))) for _ in range(n)],
-        "label": pa.array(rng.integers(0, 10, n), pa.int64()),
-        "caption": [None if i % 11 == 0 else f"caption {i}" for i in range(n)],
-    })
-
-
-def contents(path):
-    """(records, keys, metadata) of a dataset, which validates."""
-    assert main(["validate", str(path), "-q"]) == 0
-    with ffrecord.FileReader(path) as r:
-        meta = dict(r.file_info(0)["metadata"])
-        meta.pop("ffrecord.convert")
-        return [b.tobytes() for b in r.read(range(r.n))], [r.key(i) for i in range(r.n)], meta
-
-
 def converted(tmp_path, table):
     src = tmp_path / "rows.parquet"
     pq.write_table(table, src, row_group_size=700)
@@ -64,7 +45,7 @@ def leftovers(tmp_path):
 
 
 def test_write_equals_convert_and_reads_back(cluster, tmp_path):
-    table = rows_table()
+    table = rows_table(ROWS)
     ds = ray.data.from_arrow([table.slice(k * 750, 750) for k in range(4)])
     dst = tmp_path / "written"
     doc = write_ffrecord(ds, dst, key_column="id", records_per_shard=500)

@@ -4,7 +4,6 @@ import os
 import shutil
 import sys
 
-import numpy as np
 import pytest
 
 pyspark = pytest.importorskip("pyspark")
@@ -21,6 +20,7 @@ from ffrecord.cli import main  # noqa: E402
 from ffrecord.spark import read_ffrecord, write_ffrecord  # noqa: E402
 from ffrecord.tools.columns import ColumnError  # noqa: E402
 from ffrecord.tools.staged import STAGING_MARK  # noqa: E402
+from engine_rows import contents, rows_table  # noqa: E402
 
 ROWS = 1000
 
@@ -45,27 +45,6 @@ def spark():
     session.stop()
 
 
-def rows_table(n=ROWS, seed=0):
-    rng = np.random.default_rng(seed)
-    return pa.table({
-        "id": [f"row-{i:06d}" for i in range(n)],
-        "image": [rng.bytes(int(rng.integers(0, 100))) for _ in range(n)],
-        "label": pa.array(rng.integers(0, 10, n), pa.int64()),
-        "caption": [None if i % 11 == 0 else f"caption {i}" for i in range(n)],
-        "tags": [[f"t{i % 3}", "x"] for i in range(n)],
-        "attrs": pa.array([[("w", i), ("h", 2 * i)] for i in range(n)], pa.map_(pa.string(), pa.int64())),
-        "size": [{"w": i, "h": i + 1} for i in range(n)],
-    })
-
-
-def contents(path):
-    assert main(["validate", str(path), "-q"]) == 0
-    with ffrecord.FileReader(path) as r:
-        meta = dict(r.file_info(0)["metadata"])
-        meta.pop("ffrecord.convert")
-        return [b.tobytes() for b in r.read(range(r.n))], [r.key(i) for i in range(r.n)], meta
-
-
 def leftovers(tmp_path):
     return [n for n in os.listdir(tmp_path) if STAGING_MARK in n]
 
@@ -77,7 +56,7 @@ def parquet_source(tmp_path, table):
 
 
 def test_write_equals_convert_and_reads_back(spark, tmp_path):
-    table = rows_table()
+    table = rows_table(ROWS, nested=True)
     src = parquet_source(tmp_path, table)
     converted = tmp_path / "converted"
     assert main(["convert", str(src), str(converted), "--key-column", "id", "--records-per-shard", "150", "-q"]) == 0
@@ -112,7 +91,7 @@ def fail_once_in_partition_one(marker):
 
 
 def test_a_task_that_fails_once_is_retried_without_duplicates(spark, tmp_path):
-    table = rows_table(1200, seed=1)
+    table = rows_table(1200, seed=1, nested=True)
     src = parquet_source(tmp_path, table)
     df0 = spark.read.parquet(str(src)).coalesce(3)
     assert df0.rdd.getNumPartitions() == 3
