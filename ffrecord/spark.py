@@ -22,7 +22,7 @@ import os
 from pyspark.sql import types as T
 
 from .reader import FileReader
-from .tools.columns import COLUMNS_KEY, ColumnError, record_columns
+from .tools.columns import COLUMNS_KEY, ColumnError, arrow_rows, record_columns
 from .tools.records import LABELED, LAYOUT_KEY, PARTS, decode_parts
 from .tools.staged import StagedDataset
 
@@ -59,9 +59,17 @@ def spark_columns(schema):
 
 
 def _write_partition(staged, columns):
-    def run(index, rows):
-        # Row.asDict keeps nested Rows; the JSON encoder turns those into objects.
-        yield staged.write_part(index, columns, (row.asDict() for row in rows))
+    # Partitions reach Python as Arrow record batches (mapInArrow), not as one
+    # pickled Row per row: rows crossing one at a time made the writer several
+    # times slower than Spark's own Parquet writer. The rows are then taken from
+    # Arrow exactly as the Parquet source of ``ffrecord convert`` takes them.
+    def run(batches):
+        import pyarrow as pa
+        from pyspark import TaskContext
+
+        task = TaskContext.get().partitionId()
+        part = staged.write_part(task, columns, (row for batch in batches for row in arrow_rows(batch)))
+        yield pa.RecordBatch.from_pydict({"part": [json.dumps(part)]})
 
     return run
 
@@ -83,7 +91,8 @@ def write_ffrecord(df, dst, *, key_column=None, records_per_shard=None, shard_si
     staged.encoder(columns)  # a bad key column fails here, before any task runs
     staged.begin()
     try:
-        parts = df.rdd.mapPartitionsWithIndex(_write_partition(staged, columns)).collect()
+        # One result per partition, whatever attempts ran (Spark keeps one per task).
+        parts = [json.loads(r.part) for r in df.mapInArrow(_write_partition(staged, columns), "part string").collect()]
         return staged.commit(parts, columns=columns)
     except BaseException:
         staged.abort()
