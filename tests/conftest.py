@@ -53,3 +53,13 @@ def netfs_cache_no():
     """Mounted with -o cache=no and zero kernel timeouts: every stat and lookup asks the server."""
     with _netfs_rig(options=NO_CACHE) as rig:
         yield rig
+
+
+# Ray's driver and Spark's py4j gateway leave threads, sockets and log files in the
+# test process after they shut down. Tests of the DataLoader fork that process and
+# count its descriptors, so the engine tests run last.
+_RUN_LAST = ("test_ray.py", "test_spark.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: item.path.name in _RUN_LAST)  # stable: the order stays otherwise
