@@ -41,10 +41,41 @@ def write_bytes(path, data):
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(e, OSError) and not e.filename:  # a failed write names no file by itself
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        if isinstance(e, OSError):
+            _name_the_file(e, path)
         raise
     fsync_dir(directory)
+
+
+def publish_once(path, data):
+    """Publishes ``data`` as ``path`` unless ``path`` exists (the first writer of
+    several, on any node, wins); returns whether this call published it. The
+    complete, fsynced file is linked into place, so ``path`` is never seen half
+    written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{unique_tag()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        won = link_once(tmp, path)
+    except OSError as e:
+        _name_the_file(e, path)
+        raise
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+    fsync_dir(directory)
+    return won
+
+
+def _name_the_file(e, path):
+    """A failed write (ENOSPC, EIO) names no file by itself: raise one that does."""
+    if not e.filename:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
 
 
 def link_once(tmp, path):

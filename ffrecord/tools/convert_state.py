@@ -24,11 +24,11 @@ directory listing, which a network client may cache for many seconds.
 import os
 import time
 
-from .._atomic import fsync_dir, link_once, unique_tag
+from .._atomic import publish_once
 from ..dataset_paths import load_json
 from ..errors import FFRecordError
 from .errors import EnvironmentFailure, ToolError, UsageError
-from .manifest import write_json_atomic
+from .manifest import encode_json, write_json_atomic
 
 STATE_DIR = ".ffrecord-convert"
 PUBLISHED_WAIT_S = 60  # beyond the directory attribute caches of common clients (sshfs 20 s, NFS acdirmax 60 s)
@@ -123,34 +123,18 @@ class ConvertState:
         path = os.path.join(self.root, "zstd.dict")
         if not os.path.exists(path):
             return None
-        with open(path, "rb") as f:
-            return f.read()
+        return _read_bytes(path)
 
     def store_dictionary(self, data):
         """Stores ``data`` unless another rank was first; returns the stored one."""
         self.prepare()
         path = os.path.join(self.root, "zstd.dict")
-        tmp = f"{path}.{unique_tag()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            won = link_once(tmp, path)  # the first dictionary wins
-        finally:
-            os.unlink(tmp)
-        fsync_dir(self.root)
-        return data if won else _read_published(path, _read_bytes)
+        return data if publish_once(path, data) else _read_published(path, _read_bytes)
 
 
 def _create_exclusive(path, doc):
     """Publishes ``doc`` as ``path`` unless it exists; returns whether this call did."""
-    tmp = f"{path}.{unique_tag()}.tmp"
-    write_json_atomic(tmp, doc)
-    try:
-        return link_once(tmp, path)
-    finally:
-        os.unlink(tmp)
+    return publish_once(path, encode_json(doc))
 
 
 def _read_bytes(path):

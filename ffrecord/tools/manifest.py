@@ -40,10 +40,10 @@ def tool_version():
 def write_json_atomic(path, doc):
     """Writes ``doc`` to ``path`` atomically and durably (``ffrecord._atomic``):
     readers on any node see the old file or the new one."""
-    write_bytes(path, _encode(doc))
+    write_bytes(path, encode_json(doc))
 
 
-def _encode(doc):
+def encode_json(doc):
     return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
 
@@ -100,7 +100,7 @@ def write(directory, doc):
     a rerun of a finished conversion (or a second rank finishing at the same
     time) leaves the file, its inode and its time as they were."""
     path = manifest_path(directory)
-    data = _encode(doc)
+    data = encode_json(doc)
     try:
         with open(path, "rb") as f:
             if f.read(len(data) + 1) == data:
