@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import FFRecordError, FileReader, FileWriter
-from ..codec import parse_compression, train_dictionary
+from ..codec import train_dictionary
 from . import distributed, manifest, plan, pool, progress
 from .convert_state import STATE_DIR, ConvertState
 from .errors import EnvironmentFailure, ToolError, UsageError
 from .sources import detect_kind, open_source
 from .sources.ffr import CONVERT_KEY
 
-DEFAULT_SHARD_SIZE = 1 << 30
+DEFAULT_SHARD_SIZE = plan.DEFAULT_SHARD_SIZE
 DICT_SAMPLES = 2000
 MAX_DICT_SIZE = 112640
 
@@ -205,18 +205,9 @@ def write_shard(job, report):
 
 # ---- internals ---------------------------------------------------------------
 def _options(shard_size, records_per_shard, compression, zstd_dict, zstd_dict_file, workers):
-    if shard_size is not None and records_per_shard is not None:
-        raise UsageError("give --shard-size or --records-per-shard, not both")
-    for value, name in ((shard_size, "shard size"), (records_per_shard, "records per shard")):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UsageError(f"{name} must be a positive integer, got {value!r}")
-    if records_per_shard is None and shard_size is None:
-        shard_size = DEFAULT_SHARD_SIZE
-    try:
-        codec, level = parse_compression(compression)
-    except (TypeError, ValueError) as e:
-        raise UsageError(str(e)) from None
-    if (zstd_dict or zstd_dict_file) and codec is None:
+    shard_size, records_per_shard, compression = plan.shard_options(
+        shard_size, records_per_shard, compression, UsageError, names=("--shard-size", "--records-per-shard"))
+    if (zstd_dict or zstd_dict_file) and compression is None:
         raise UsageError("--zstd-dict needs --compression zstd[:level]")
     if zstd_dict and zstd_dict_file:
         raise UsageError("give --zstd-dict or --zstd-dict-file, not both")
@@ -237,7 +228,7 @@ def _options(shard_size, records_per_shard, compression, zstd_dict, zstd_dict_fi
     return {
         "shard_size": shard_size,
         "records_per_shard": records_per_shard,
-        "compression": None if codec is None else f"{codec}:{level}",
+        "compression": compression,
         "zstd_dict": dict_option,
         "workers": workers,
     }

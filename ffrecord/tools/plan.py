@@ -15,6 +15,30 @@ import json
 import numpy as np
 
 
+DEFAULT_SHARD_SIZE = 1 << 30
+
+
+def shard_options(shard_size, records_per_shard, compression, error, names=("shard size", "records per shard")):
+    """Checks how shards are bounded and compressed, the same for ``convert`` and
+    the engine writers; returns (shard_size, records_per_shard, compression as
+    'zstd:LEVEL' or None). A bad value raises ``error`` (the caller's type), with
+    the option ``names`` the caller's users know."""
+    from ..codec import parse_compression
+
+    if shard_size is not None and records_per_shard is not None:
+        raise error(f"give {names[0]} or {names[1]}, not both")
+    for value, name in ((shard_size, names[0]), (records_per_shard, names[1])):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise error(f"{name} must be a positive integer, got {value!r}")
+    if records_per_shard is None and shard_size is None:
+        shard_size = DEFAULT_SHARD_SIZE
+    try:
+        codec, level = parse_compression(compression)
+    except (TypeError, ValueError) as e:
+        raise error(str(e)) from None
+    return shard_size, records_per_shard, None if codec is None else f"{codec}:{level}"
+
+
 def by_records(count, per_shard):
     """Boundaries for shards of ``per_shard`` items (the last may be smaller)."""
     if count == 0:

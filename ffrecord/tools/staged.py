@@ -34,10 +34,8 @@ import uuid
 
 from .. import FileWriter
 from .._atomic import fsync_dir
-from ..codec import parse_compression
 from . import manifest, plan
 from .columns import ColumnError, RowEncoder
-from .convert import DEFAULT_SHARD_SIZE
 from .sources.ffr import CONVERT_KEY
 
 STAGING_MARK = ".ffrecord-staging-"
@@ -50,19 +48,8 @@ class StagedDataset:
                  engine="tasks"):
         """``engine`` is recorded as the dataset's source kind (``"ray"``, ``"spark"``)."""
         self.dst = os.path.abspath(os.fspath(dst))
-        if shard_size is not None and records_per_shard is not None:
-            raise ValueError("give shard_size or records_per_shard, not both")
-        for value, name in ((shard_size, "shard_size"), (records_per_shard, "records_per_shard")):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if records_per_shard is None and shard_size is None:
-            shard_size = DEFAULT_SHARD_SIZE
-        try:
-            codec, level = parse_compression(compression)
-        except (TypeError, ValueError) as e:
-            raise ValueError(str(e)) from None
-        self.compression = None if codec is None else f"{codec}:{level}"
-        self.records_per_shard, self.shard_size = records_per_shard, shard_size
+        self.shard_size, self.records_per_shard, self.compression = plan.shard_options(
+            shard_size, records_per_shard, compression, ValueError, names=("shard_size", "records_per_shard"))
         self.key_column, self.engine = key_column, engine
         check_destination(self.dst)
         parent, name = os.path.split(self.dst)
