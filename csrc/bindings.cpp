@@ -438,6 +438,35 @@ PYBIND11_MODULE(_core, m) {
              w.write(v.data, v.size, flags, has_key ? &key_view : nullptr);
            },
            py::arg("data"), py::arg("flags") = 0, py::arg("key") = py::none())
+      // Many records from one buffer: record i is data[offsets[i]:offsets[i+1]]
+      // (offsets as Arrow keeps them), written in one call without the GIL.
+      .def("write_packed",
+           [](Writer& w, const py::buffer& data, const IndexArray& offsets, uint32_t flags,
+              const py::object& keys) {
+             py::buffer_info info;
+             BufferView v = contiguous_bytes(data, info);
+             const ssize_t n = offsets.size() ? offsets.size() - 1 : 0;
+             const uint64_t* off = offsets.data();
+             for (ssize_t i = 0; i < n; ++i)
+               if (off[i] > off[i + 1] || off[i + 1] > v.size)
+                 throw py::value_error("offsets must not decrease and must stay within the data (record " +
+                                       std::to_string(i) + ")");
+             std::vector<std::string> key_storage;
+             if (!keys.is_none()) {
+               key_storage = keys.cast<std::vector<std::string>>();
+               if (static_cast<ssize_t>(key_storage.size()) != n)
+                 throw py::value_error("got " + std::to_string(n) + " records but " +
+                                       std::to_string(key_storage.size()) + " keys");
+             }
+             py::gil_scoped_release nogil;
+             const uint8_t* base = static_cast<const uint8_t*>(v.data);
+             for (ssize_t i = 0; i < n; ++i) {
+               std::string_view key;
+               if (!key_storage.empty()) key = key_storage[i];
+               w.write(base + off[i], off[i + 1] - off[i], flags, key_storage.empty() ? nullptr : &key);
+             }
+           },
+           py::arg("data"), py::arg("offsets"), py::arg("flags") = 0, py::arg("keys") = py::none())
       .def("set_metadata", [](Writer& w, const py::bytes& b) { w.set_metadata(std::string(b)); })
       .def("set_dictionary", [](Writer& w, const py::bytes& b) { w.set_dictionary(std::string(b)); })
       .def("close",

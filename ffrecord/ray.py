@@ -19,7 +19,7 @@ from ray.data import Datasink, Datasource, ReadTask
 from ray.data.block import BlockAccessor, BlockMetadata
 
 from .reader import FileReader
-from .tools.columns import COLUMNS_KEY, arrow_columns, arrow_rows, arrow_type, record_columns
+from .tools.columns import COLUMNS_KEY, arrow_columns, arrow_type, record_columns
 from .tools.staged import StagedDataset
 
 __all__ = ["read_ffrecord", "write_ffrecord", "FFRecordDatasource", "FFRecordDatasink"]
@@ -149,13 +149,10 @@ class FFRecordDatasink(Datasink):
             return None
         columns = arrow_columns(tables[0].schema)
 
-        def rows():
-            for t in tables:
-                if arrow_columns(t.schema) != columns:
-                    raise ValueError(f"{self.staged.dst}: blocks of one task have different columns")
-                yield from arrow_rows(t)
-
-        return self.staged.write_part(ctx.task_idx, columns, rows())
+        for t in tables:
+            if arrow_columns(t.schema) != columns:
+                raise ValueError(f"{self.staged.dst}: blocks of one task have different columns")
+        return self.staged.write_part_arrow(ctx.task_idx, columns, tables)
 
     def on_write_complete(self, write_result):
         parts = [p for p in write_result.write_returns if p is not None]

@@ -101,6 +101,43 @@ class FileWriter:
         for d, k in zip(datas, keys):
             self.write_one(d, k)
 
+    def write_packed(self, data, offsets, keys=None):
+        """Appends ``len(offsets) - 1`` records held back to back in one buffer:
+        record ``i`` is ``data[offsets[i]:offsets[i + 1]]`` (the layout of
+        ``FileReader.read_packed``, and of an Arrow binary column's values and
+        offsets). ``keys``, if given, is a list of one str per record. Much
+        faster than ``write_one`` for many small records: one call writes them
+        all. A batch that would go beyond ``n`` records is refused whole."""
+        self._check_open()
+        if isinstance(data, str):
+            raise TypeError("record data must be bytes-like (bytes, bytearray, memoryview, numpy array), not str")
+        offsets = np.asarray(offsets)
+        if offsets.ndim != 1 or not (offsets.dtype.kind in "iu" or offsets.size == 0):
+            raise TypeError(f"offsets must be a 1-D array of integers, not {offsets.dtype} of shape {offsets.shape}")
+        count = max(0, offsets.size - 1)
+        if offsets.size and offsets.min() < 0:
+            raise ValueError("offsets must not be negative")
+        if keys is not None:
+            keys = list(keys)
+            if len(keys) != count:
+                raise ValueError(f"got {count} records but {len(keys)} keys")
+            for k in keys:
+                if not isinstance(k, str):
+                    raise TypeError(f"key must be a str, not {type(k).__name__}")
+        self._check_room(count)
+        if self._encoder is not None:  # each record is compressed on its own
+            view = memoryview(data).cast("B")
+            ends = offsets.tolist()
+            for i in range(count):
+                self.write_one(view[ends[i]:ends[i + 1]], None if keys is None else keys[i])
+            return
+        try:
+            self._core.write_packed(data, offsets.astype(np.uint64, copy=False), 0, keys)
+        except TypeError:
+            raise TypeError(
+                f"record data must be bytes-like (bytes, bytearray, memoryview, numpy array), not {type(data).__name__}"
+            ) from None
+
     def close(self):
         """Finishes the file and makes it visible under its final name."""
         if not self._core.is_open:

@@ -28,6 +28,7 @@ record back into a dict of Python values.
 """
 
 import json
+import struct
 
 import numpy as np
 
@@ -147,6 +148,185 @@ class RowEncoder:
             return encode_value(name, tag, value), key
         parts = [(name, encode_value(name, tag, row[name])) for name, tag in self.values if row[name] is not None]
         return encode_parts(parts), key
+
+
+    def encode_arrow(self, table):
+        """All rows of a pyarrow Table or RecordBatch at once -> ``EncodedRows``:
+        the same records and keys as ``encode`` gives row by row, built by Arrow's
+        kernels over whole columns instead of one Python call per value. A row
+        that has no encoding raises ``ColumnError`` with ``row`` set to its index
+        in ``table``."""
+        fast = _encode_columns(self, table)
+        if fast is not None:
+            return fast
+        # Slow path (JSON columns, nulls where a record cannot hold them, keys
+        # that need checking): row by row, which also finds the row at fault.
+        records, keys = [], ([] if self.key is not None else None)
+        for k, row in enumerate(arrow_rows(table)):
+            try:
+                data, key = self.encode(row)
+            except ColumnError as e:
+                err = ColumnError(str(e))
+                err.row = k
+                raise err from None
+            records.append(data)
+            if keys is not None:
+                keys.append(key)
+        offsets = np.zeros(len(records) + 1, np.int64)
+        np.cumsum([len(r) for r in records], out=offsets[1:])
+        return EncodedRows(b"".join(records), offsets, keys)
+
+
+class EncodedRows:
+    """Records back to back: record ``i`` is ``data[offsets[i]:offsets[i + 1]]``
+    (``data`` a buffer, ``offsets`` int64); ``keys`` a list of str or None.
+    ``FileWriter.write_packed`` takes them as they are."""
+
+    __slots__ = ("data", "offsets", "keys")
+
+    def __init__(self, data, offsets, keys):
+        self.data, self.offsets, self.keys = data, offsets, keys
+
+    def __len__(self):
+        return len(self.offsets) - 1
+
+    def lengths(self):
+        return np.diff(self.offsets)
+
+    def records(self):
+        """Each record as a memoryview of ``data``."""
+        view = memoryview(self.data).cast("B")
+        ends = self.offsets.tolist()
+        return [view[ends[i]:ends[i + 1]] for i in range(len(ends) - 1)]
+
+
+# ---- whole columns at once ----------------------------------------------------------
+# Types whose value encoding Arrow can do over a whole column; "json" goes row by row.
+_VECTOR_TAGS = {"bytes", "bytes_field", "str", "bool"} | set(_NUMERIC)
+
+
+def _encode_columns(encoder, table):
+    """``EncodedRows`` for ``table`` from whole-column kernels, or None when some
+    column or row needs the row-by-row path (which gives the same bytes, or the error)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if any(tag not in _VECTOR_TAGS for _, tag in encoder.values):
+        return None
+    n = table.num_rows
+    if isinstance(table, pa.Table):
+        table = table.combine_chunks()
+    try:
+        keys = None
+        if encoder.key is not None:
+            keys = _arrow_keys(_column(table, encoder.key), encoder.key_tag)
+            if keys is None:
+                return None
+        values = []
+        for name, tag in encoder.values:
+            v = _arrow_values(_column(table, name), tag)
+            if v is None:
+                return None
+            values.append((name, v))
+        empty = pa.scalar(b"", pa.large_binary())
+        if encoder.layout == COLUMN:
+            joined = values[0][1]
+            if joined.null_count:
+                return None  # the row-by-row path names the null row
+        else:
+            # parts: count | per present part (name_len | name | size) | payloads
+            present = np.zeros(n, np.uint32)
+            heads = []
+            for name, v in values:
+                valid = np.ones(n, bool) if not v.null_count else v.is_valid().to_numpy(zero_copy_only=False)
+                present += valid
+                raw = name.encode("utf-8")
+                if len(raw) > 0xFFFF:
+                    return None
+                prefix = np.frombuffer(struct.pack("<H", len(raw)) + raw, np.uint8)
+                head = np.empty((n, len(prefix) + 8), np.uint8)
+                head[:, :len(prefix)] = prefix
+                sizes = pc.binary_length(v).fill_null(0).to_numpy(zero_copy_only=False).astype("<u8")
+                head[:, len(prefix):] = sizes.view(np.uint8).reshape(n, 8)
+                heads.append(_fixed_to_binary(head, None if v.null_count == 0 else valid))
+            count = _fixed_to_binary(present.astype("<u4").view(np.uint8).reshape(n, 4), None)
+            joined = pc.binary_join_element_wise(count, *heads, *(v for _, v in values), empty,
+                                                 null_handling="skip")
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None  # e.g. a value Arrow will not cast: the row-by-row path says which
+    if len(joined) != n:
+        return None
+    # Offsets index the whole values buffer (an array sliced from a larger one starts past 0).
+    offsets = np.frombuffer(joined.buffers()[1], np.int64, count=n + 1, offset=joined.offset * 8)
+    return EncodedRows(joined.buffers()[2] or b"", offsets, keys)
+
+
+def _column(table, name):
+    import pyarrow as pa
+
+    col = table.column(name)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    return col
+
+
+def _fixed_to_binary(rows, valid):
+    """A (n, width) uint8 array -> large_binary array of its rows (null where not ``valid``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n, width = rows.shape
+    out = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, pa.py_buffer(np.ascontiguousarray(rows))])
+    out = out.cast(pa.large_binary())
+    if valid is not None:
+        out = pc.if_else(pa.array(valid), out, pa.scalar(None, pa.large_binary()))
+    return out
+
+
+def _arrow_values(col, tag):
+    """The encoded values of one column as a large_binary array (nulls stay null),
+    or None where only the row-by-row path can encode them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = col.type
+    if tag == "bytes":
+        return col.cast(pa.large_binary())
+    if tag == "str":
+        return col.cast(pa.large_string()).cast(pa.large_binary())
+    if tag == "bool":
+        one, zero = pa.scalar(b"\x01", pa.large_binary()), pa.scalar(b"\x00", pa.large_binary())
+        return pc.if_else(col, one, zero)
+    if tag == "bytes_field":
+        inner = pc.struct_field(col, "bytes")
+        if inner.null_count != col.null_count:
+            return None  # a value with no bytes (only a path): an error, raised row by row
+        return inner.cast(pa.large_binary())
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        dtype = np.dtype(tag).newbyteorder("<")
+        numbers = col.fill_null(0).to_numpy(zero_copy_only=False)
+        if numbers.dtype != np.dtype(tag):
+            return None
+        rows = np.ascontiguousarray(numbers.astype(dtype, copy=False)).view(np.uint8).reshape(len(col), dtype.itemsize)
+        return _fixed_to_binary(rows, None if not col.null_count else col.is_valid().to_numpy(zero_copy_only=False))
+    return None
+
+
+def _arrow_keys(col, tag):
+    """The key of every row as str, or None where the row-by-row path must check them."""
+    import pyarrow as pa
+
+    if col.null_count:
+        return None
+    if tag == "str":
+        return col.to_pylist()
+    if tag == "bytes":
+        return col.cast(pa.large_binary()).cast(pa.large_string()).to_pylist()  # raises if not UTF-8
+    if pa.types.is_integer(col.type):
+        return col.cast(pa.string()).to_pylist()
+    return None
 
 
 def encode_value(name, tag, value):

@@ -8,11 +8,12 @@ Every file must have the same columns of the same types.
 """
 
 import glob
+import itertools
 import os
 
 import numpy as np
 
-from ..columns import ColumnError, RowEncoder, arrow_columns, arrow_rows
+from ..columns import ColumnError, RowEncoder, arrow_columns
 from ..errors import ToolError, UsageError
 from .base import Inventory, Source
 
@@ -159,8 +160,8 @@ class TableSource(Source):
             if table.num_rows != rows:
                 raise ToolError(f"{self.files[f]}: a chunk holds {table.num_rows} rows where the scan found {rows} "
                                 "(the source changed)")
-            for k, row in enumerate(arrow_rows(table.slice(skip, take))):
-                try:
-                    yield self._encoder.encode(row)
-                except ColumnError as e:
-                    raise ToolError(f"{self.files[f]}: row {first + skip + k}: {e}") from None
+            try:
+                rows = self._encoder.encode_arrow(table.slice(skip, take))  # the chunk at once, column by column
+            except ColumnError as e:
+                raise ToolError(f"{self.files[f]}: row {first + skip + e.row}: {e}") from None
+            yield from zip(rows.records(), rows.keys or itertools.repeat(None))
