@@ -264,6 +264,7 @@ PYBIND11_MODULE(_core, m) {
            [](const Reader& r, size_t f) {
              if (f >= r.num_files()) throw py::index_error("file index out of range");
              const RecordFile& rf = r.file(f);
+             rf.require_index_readable("reading its keys");
              py::list out(rf.has_keys() ? rf.size() : 0);
              for (uint64_t i = 0; rf.has_keys() && i < rf.size(); ++i) {
                auto k = rf.key(i);
@@ -277,6 +278,7 @@ PYBIND11_MODULE(_core, m) {
            [](const Reader& r, uint64_t i) {
              if (i >= r.size()) throw py::index_error("record index out of range");
              auto [f, local] = r.locate(i);
+             r.file(f).require_index_readable("reading the key of record " + std::to_string(local));
              auto k = r.file(f).key(local);
              PyObject* s = PyUnicode_DecodeUTF8(k.data(), static_cast<py::ssize_t>(k.size()), "surrogateescape");
              if (!s) throw py::error_already_set();
@@ -286,8 +288,7 @@ PYBIND11_MODULE(_core, m) {
            [](const Reader& r, const IndexArray& idx) {
              check_range(r, idx);
              py::array_t<uint64_t> out(idx.size());
-             uint64_t* o = out.mutable_data();
-             for (py::ssize_t i = 0; i < idx.size(); ++i) o[i] = r.entry(idx.data()[i]).length;
+             r.lengths(idx.data(), static_cast<size_t>(idx.size()), out.mutable_data());
              return out;
            })
       .def("read",
@@ -328,10 +329,12 @@ PYBIND11_MODULE(_core, m) {
              std::vector<py::buffer_info> infos;
              infos.reserve(n);
              std::vector<uint8_t*> ptrs(n);
+             std::vector<uint64_t> lengths(n);
+             r.lengths(idx.data(), n, lengths.data());
              for (size_t i = 0; i < n; ++i) {
                infos.push_back(py::reinterpret_borrow<py::buffer>(dsts[i]).request(true));
                const auto& info = infos.back();
-               uint64_t need = r.entry(idx.data()[i]).length;
+               uint64_t need = lengths[i];
                if (static_cast<uint64_t>(info.size * info.itemsize) < need)
                  throw py::value_error("destination " + std::to_string(i) + " holds " +
                                        std::to_string(info.size * info.itemsize) + " bytes; the record has " +
@@ -349,8 +352,10 @@ PYBIND11_MODULE(_core, m) {
              const size_t n = static_cast<size_t>(idx.size());
              py::list out(static_cast<py::ssize_t>(n));
              std::vector<uint8_t*> ptrs(n);
+             std::vector<uint64_t> lengths(n);
+             r.lengths(idx.data(), n, lengths.data());
              for (size_t i = 0; i < n; ++i) {
-               const uint64_t len = r.entry(idx.data()[i]).length;
+               const uint64_t len = lengths[i];
                PyObject* b = PyBytes_FromStringAndSize(nullptr, static_cast<py::ssize_t>(len));
                if (!b) throw py::error_already_set();
                PyList_SET_ITEM(out.ptr(), static_cast<py::ssize_t>(i), b);
@@ -368,8 +373,10 @@ PYBIND11_MODULE(_core, m) {
              const size_t n = static_cast<size_t>(idx.size());
              py::array_t<int64_t> offsets(static_cast<py::ssize_t>(n + 1));
              int64_t* o = offsets.mutable_data();
+             std::vector<uint64_t> lengths(n);
+             r.lengths(idx.data(), n, lengths.data());
              o[0] = 0;
-             for (size_t i = 0; i < n; ++i) o[i + 1] = o[i] + static_cast<int64_t>(r.entry(idx.data()[i]).length);
+             for (size_t i = 0; i < n; ++i) o[i + 1] = o[i] + static_cast<int64_t>(lengths[i]);
              py::buffer_info info = out.request(true);
              const int64_t room = static_cast<int64_t>(info.size * info.itemsize);
              if (room < o[n])

@@ -171,6 +171,18 @@ RecordEntry Reader::entry(uint64_t index) const {
   return files_[f]->entry(local);
 }
 
+void Reader::lengths(const uint64_t* indices, size_t n, uint64_t* out) const {
+  size_t checked = SIZE_MAX;  // one check per file met, not per record
+  for (size_t i = 0; i < n; ++i) {
+    auto [f, local] = locate(indices[i]);
+    if (f != checked) {
+      files_[f]->require_index_readable("reading the length of record " + std::to_string(local));
+      checked = f;
+    }
+    out[i] = files_[f]->entry(local).length;
+  }
+}
+
 std::unique_ptr<IoEngine> Reader::acquire_engine() const {
   {
     std::lock_guard<std::mutex> lock(engines_mu_);

@@ -100,6 +100,9 @@ class Reader {
   void read_into(const uint64_t* indices, size_t n, uint8_t* const* dst) const;
 
   RecordEntry entry(uint64_t index) const;
+  // The stored lengths of records indices[0..n) into out; Error(kFormat) when a
+  // file's mapped index has been cut short since open (instead of SIGBUS).
+  void lengths(const uint64_t* indices, size_t n, uint64_t* out) const;
 
   // The engine reads use ("io_uring", "threads" or "pread") and, when auto
   // selection fell back from io_uring, the kernel's reason.

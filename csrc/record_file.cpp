@@ -410,6 +410,12 @@ bool RecordFile::index_readable() const {
   return !map_ || (::fstat(fd_, &st) == 0 && static_cast<uint64_t>(st.st_size) >= map_end_);
 }
 
+void RecordFile::require_index_readable(const std::string& what) const {
+  if (!index_readable())
+    throw_format(path_, "file is shorter than its index says (" + change_since_open() + ": open it again) while " +
+                            what);
+}
+
 bool RecordFile::still_full_size() const {
   struct stat st;
   return ::fstat(fd_, &st) == 0 && static_cast<uint64_t>(st.st_size) >= file_size_;

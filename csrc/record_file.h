@@ -105,6 +105,9 @@ class RecordFile {
   // then would fault (SIGBUS). On shared filesystems, and where mapping is
   // refused, the index is held in memory and always readable. One fstat.
   bool index_readable() const;
+  // Throws Error(kFormat) naming `what` when !index_readable(): for the
+  // index and key lookups that do not go through a batch read.
+  void require_index_readable(const std::string& what) const;
   // Why a read may have come back short: "" when the file looks as it did at
   // open, else a sentence such as "the file shrank from A to B bytes since
   // it was opened" or "the file was replaced since it was opened".

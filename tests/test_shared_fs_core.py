@@ -116,6 +116,27 @@ def test_a_file_that_shrank_after_open_says_so(tmp_path, no_engine_env):
         assert path in str(e.value) and "shrank" in str(e.value) and "record 9" in str(e.value)
 
 
+def test_lookups_on_a_file_cut_inside_its_index_raise_instead_of_faulting(tmp_path, no_engine_env):
+    # The index of a local file is mapped: read after the file was cut short, it
+    # would fault the process (SIGBUS). Every lookup checks first.
+    path = str(tmp_path / "k.ffr")
+    with ffrecord.FileWriter(path) as w:
+        for i in range(4000):
+            w.write_one(bytes([i % 256]) * 30, key=f"key-{i}")
+    size = os.path.getsize(path)
+    with ffrecord.FileReader(path) as r:
+        assert r.key(5) == "key-5" and r.lengths([1, 2]).tolist() == [30, 30]
+        os.truncate(path, 20000)  # well inside the records: index and keys gone
+        checks = [lambda: r.key(3999), lambda: r.lengths([0, 3999]), lambda: r.find("key-7"),
+                  lambda: r.read_bytes([1]), lambda: r.read_into([1], [bytearray(30)]),
+                  lambda: r.read_packed([1, 2]), lambda: r.read([3999])]
+        for check in checks:
+            with pytest.raises(ffrecord.FormatError) as e:
+                check()
+            assert path in str(e.value) and "shrank" in str(e.value), str(e.value)
+    assert size > 20000
+
+
 def test_replaced_by_rename_while_opened_gives_old_or_new_complete(tmp_path, no_engine_env):
     path = str(tmp_path / "r.ffr")
     versions = [[bytes([v]) * (300 + 40 * v + i) for i in range(3 + v)] for v in range(2)]
