@@ -465,13 +465,10 @@ PYBIND11_MODULE(_core, m) {
                  throw py::value_error("got " + std::to_string(n) + " records but " +
                                        std::to_string(key_storage.size()) + " keys");
              }
+             std::vector<std::string_view> key_views(key_storage.begin(), key_storage.end());
              py::gil_scoped_release nogil;
-             const uint8_t* base = static_cast<const uint8_t*>(v.data);
-             for (ssize_t i = 0; i < n; ++i) {
-               std::string_view key;
-               if (!key_storage.empty()) key = key_storage[i];
-               w.write(base + off[i], off[i + 1] - off[i], flags, key_storage.empty() ? nullptr : &key);
-             }
+             w.write_packed(static_cast<const uint8_t*>(v.data), off, static_cast<size_t>(n), flags,
+                            keys.is_none() ? nullptr : key_views.data());
            },
            py::arg("data"), py::arg("offsets"), py::arg("flags") = 0, py::arg("keys") = py::none())
       .def("set_metadata", [](Writer& w, const py::bytes& b) { w.set_metadata(std::string(b)); })

@@ -286,6 +286,34 @@ void Writer::write(const void* data, uint64_t length, uint32_t flags, const std:
   }
 }
 
+void Writer::write_packed(const uint8_t* data, const uint64_t* offsets, size_t n, uint32_t flags,
+                          const std::string_view* keys) {
+  if (options_.alignment > 1) {  // padding goes between records: one at a time
+    for (size_t i = 0; i < n; ++i)
+      write(data + offsets[i], offsets[i + 1] - offsets[i], flags, keys ? &keys[i] : nullptr);
+    return;
+  }
+  check_open();
+  if ((flags & ~format::kKnownFlagBits) || (flags & format::kCodecMask) > format::kMaxCodec)
+    throw_value("unknown record flags " + std::to_string(flags));
+  // Index entries first, then the bytes of the whole run in one go.
+  uint64_t pos = pos_;
+  index_.reserve(index_.size() + n);
+  for (size_t i = 0; i < n; ++i) {
+    const uint64_t length = offsets[i + 1] - offsets[i];
+    index_.push_back(format::IndexEntry{pos, length, record_crc(data + offsets[i], length, flags), flags});
+    pos += length;
+    if (keys || any_key_) {
+      if (!any_key_) {
+        keys_.resize(index_.size() - 1);
+        any_key_ = true;
+      }
+      keys_.emplace_back(keys ? std::string(keys[i]) : std::string());
+    }
+  }
+  if (n) append(data + offsets[0], offsets[n] - offsets[0]);
+}
+
 void Writer::close() {
   check_open();
   if (options_.expected_records >= 0 && index_.size() != static_cast<uint64_t>(options_.expected_records)) {

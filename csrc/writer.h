@@ -55,6 +55,13 @@ class Writer {
   // record has one, is kept in the keys block (records without one get "").
   void write(const void* data, uint64_t length, uint32_t flags = 0, const std::string_view* key = nullptr);
 
+  // Appends records that lie back to back in one buffer: record i is
+  // data[offsets[i], offsets[i+1]). Offsets must not decrease (the caller checks).
+  // keys: nullptr or n keys. Without alignment the bytes go to the file in
+  // large writes straight from `data`, not through the writer's buffer.
+  void write_packed(const uint8_t* data, const uint64_t* offsets, size_t n, uint32_t flags,
+                    const std::string_view* keys);
+
   void set_metadata(std::string json) { check_open(); metadata_ = std::move(json); }
   void set_dictionary(std::string dict) { check_open(); dictionary_ = std::move(dict); }
 

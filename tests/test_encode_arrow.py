@@ -125,6 +125,19 @@ def test_write_packed_writes_records_from_one_buffer(tmp_path):
     with ffrecord.FileReader(path) as r:
         assert r.read_bytes(range(r.n)) == [b"abc", b"", b"defghij", b"yz"]
         assert r.find("c") == 2 and r.key(3) == ""
+    with ffrecord.FileWriter(tmp_path / "a.ffr", alignment=4096) as w:  # padding between records
+        w.write_packed(data, [0, 3, 10], keys=["x", "y"])
+    with ffrecord.FileReader(tmp_path / "a.ffr") as r:
+        assert r.read_bytes([0, 1]) == [b"abc", b"defghij"] and r.find("y") == 1
+        assert r.file_info(0)["alignment"] == 4096
+    big = np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8)  # past the writer's buffer
+    with ffrecord.FileWriter(tmp_path / "b.ffr") as w:
+        w.write_one(b"first")
+        w.write_packed(big, [0, 1 << 20, 1 << 20, 3 << 20])
+    with ffrecord.FileReader(tmp_path / "b.ffr") as r:
+        got = r.read_bytes(range(4))
+        assert got[0] == b"first" and got[1] == big[:1 << 20].tobytes() and got[2] == b""
+        assert got[3] == big[1 << 20:].tobytes()
     with ffrecord.FileWriter(tmp_path / "z.ffr", compression="zstd") as w:  # compressed record by record
         w.write_packed(data * 50, [0, 100, 500], keys=["p", "q"])
     with ffrecord.FileReader(tmp_path / "z.ffr") as r:
