@@ -8,20 +8,24 @@ Parquet files:
 - Ray Data: ``ffrecord.ray.write_ffrecord`` against ``Dataset.write_webdataset``
   (its samples take bytes and strings only, so the label is cast to text first)
   and ``Dataset.write_tfrecords``;
-- Spark: ``ffrecord.spark.write_ffrecord`` against Mosaic Streaming's Spark
-  writer (``streaming.base.converters.dataframe_to_mds``) when it imports, else
-  ``DataFrame.write.parquet``.
+- Spark: ``ffrecord.spark.write_ffrecord`` against ``DataFrame.write.parquet``
+  and, when it imports, Mosaic Streaming's Spark writer
+  (``streaming.base.converters.dataframe_to_mds``).
 
-Each engine runs locally with ``--workers`` CPUs. It prints seconds and MB/s of
-Parquet input per writer, and ffrecord's ratio to each peer (> 1: ffrecord is
-faster). Ratios only mean something within one run on a quiet machine.
+Each engine runs locally with ``--workers`` CPUs. Every writer first writes one
+Parquet file untimed (the engines compile and start workers on first use), then
+the whole input ``--rounds`` times, the writers taking turns in a rotating order.
+It prints the median seconds and MB/s of Parquet input per writer, and
+ffrecord's ratio to each peer (> 1: ffrecord is faster). Ratios only mean
+something within one run on a quiet machine.
 
-    python benchmarks/bench_engines.py [--size 1G] [--workers N] [--only ray|spark] [--quick]
+    python benchmarks/bench_engines.py [--size 1G] [--workers N] [--rounds 3] [--only ray|spark] [--quick]
 """
 
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -90,19 +94,41 @@ def peer_timed(name, fn):
 
 
 def report(engine, results, nbytes):
-    ours = results.get("ffrecord")
+    """``results``: name -> list of seconds per round (None: not measured)."""
+    medians = {name: (statistics.median(t) if t else None) for name, t in results.items()}
+    ours = medians.get("ffrecord")
     print(f"\n[{engine}]")
-    for name, seconds in results.items():
+    for name, seconds in medians.items():
         if seconds is None:
             print(f"  {name}: not measured")
             continue
-        line = f"  {name}: {seconds:.2f} s, {nbytes / seconds / 1e6:.0f} MB/s of Parquet input"
+        rounds = ", ".join(f"{t:.2f}" for t in results[name])
+        line = f"  {name}: {seconds:.2f} s (median; rounds {rounds}), {nbytes / seconds / 1e6:.0f} MB/s of Parquet input"
         if name != "ffrecord" and ours:
             line += f"; ffrecord / {name} = {seconds / ours:.2f}x"
         print(line)
 
 
-def bench_ray(src, out, workers):
+def run_rounds(writers, src, warmup_src, out, rounds):
+    """Times each writer ``rounds`` times, in a rotating order, after one untimed
+    write of ``warmup_src`` each (the engines compile and start their workers on
+    first use). ``writers``: name -> fn(source, dst). Returns name -> [seconds] (None
+    for a writer that cannot run here)."""
+    results = {}
+    for name, fn in writers.items():
+        dst = os.path.join(out, f"warmup-{name}")
+        results[name] = [] if peer_timed(name, lambda: fn(warmup_src, dst)) is not None else None
+        shutil.rmtree(dst, ignore_errors=True)
+    names = [n for n in writers if results[n] is not None]
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            dst = os.path.join(out, name)
+            results[name].append(timed(lambda: writers[name](src, dst)))
+            shutil.rmtree(dst, ignore_errors=True)
+    return results
+
+
+def bench_ray(src, warmup_src, out, workers, rounds):
     import ray
 
     from ffrecord.ray import write_ffrecord
@@ -113,18 +139,19 @@ def bench_ray(src, out, workers):
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False
-        read = lambda: ray.data.read_parquet(src)  # noqa: E731 - a fresh read for each writer
+        read = ray.data.read_parquet  # a fresh read for each write
         # Start-up outside the timings: Ray's worker processes.
         ray.data.range(workers, override_num_blocks=workers).map_batches(lambda b: b).materialize()
-        results = {}
-        results["ffrecord"] = timed(lambda: write_ffrecord(read(), os.path.join(out, "ray-ffrecord"), key_column="id"))
         # WebDataset samples hold bytes or strings only: the label goes as text (one
         # vectorised cast per block, the least that writer needs).
         as_text = lambda t: t.set_column(t.schema.get_field_index("label"), "label",  # noqa: E731
                                          t.column("label").cast("string"))
-        results["webdataset"] = peer_timed("webdataset", lambda: read().map_batches(as_text, batch_format="pyarrow")
-                                      .write_webdataset(os.path.join(out, "ray-webdataset")))
-        results["tfrecords"] = peer_timed("tfrecords", lambda: read().write_tfrecords(os.path.join(out, "ray-tfrecords")))
+        writers = {
+            "ffrecord": lambda s, d: write_ffrecord(read(s), d, key_column="id"),
+            "webdataset": lambda s, d: read(s).map_batches(as_text, batch_format="pyarrow").write_webdataset(d),
+            "tfrecords": lambda s, d: read(s).write_tfrecords(d),
+        }
+        results = run_rounds(writers, src, warmup_src, out, rounds)
         return results
     finally:
         ray.shutdown()
@@ -136,12 +163,12 @@ def spark_mds_writer():
     try:
         from streaming.base.converters import dataframe_to_mds
     except Exception as e:  # any import failure: compared with Parquet instead
-        print(f"(MDS's Spark writer does not import, Spark compared with Parquet: {type(e).__name__}: {e})")
+        print(f"(MDS's Spark writer does not import, Spark compared with Parquet only: {type(e).__name__}: {e})")
         return None
     return dataframe_to_mds
 
 
-def bench_spark(src, out, workers):
+def bench_spark(src, warmup_src, out, workers, rounds):
     from pyspark.sql import SparkSession
 
     from ffrecord.spark import write_ffrecord
@@ -152,20 +179,19 @@ def bench_spark(src, out, workers):
              .config("spark.ui.enabled", "false").getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     try:
-        read = lambda: spark.read.parquet(src)  # noqa: E731
+        read = spark.read.parquet
         # Start-up outside the timings: the JVM's first read and the Python workers.
-        read().count()
+        read(src).count()
         spark.sparkContext.parallelize(range(workers), workers).map(lambda x: x).count()
-        results = {}
-        results["ffrecord"] = timed(lambda: write_ffrecord(read(), os.path.join(out, "spark-ffrecord"), key_column="id"))
+        writers = {
+            "ffrecord": lambda s, d: write_ffrecord(read(s), d, key_column="id"),
+            "parquet": lambda s, d: read(s).write.parquet(d),
+        }
         to_mds = spark_mds_writer()
         if to_mds is not None:
             columns = {"id": "str", "image": "bytes", "label": "int64", "caption": "str"}
-            results["mds"] = peer_timed("mds", lambda: to_mds(read(), merge_index=True,
-                                                  mds_kwargs={"out": os.path.join(out, "spark-mds"),
-                                                              "columns": columns}))
-        else:
-            results["parquet"] = peer_timed("parquet", lambda: read().write.parquet(os.path.join(out, "spark-parquet")))
+            writers["mds"] = lambda s, d: to_mds(read(s), merge_index=True, mds_kwargs={"out": d, "columns": columns})
+        results = run_rounds(writers, src, warmup_src, out, rounds)
         return results
     finally:
         spark.stop()
@@ -176,6 +202,7 @@ def main(argv=None):
     ap.add_argument("--size", default="1G", help="Parquet input size (e.g. 1G, 200M)")
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--only", choices=["ray", "spark"])
+    ap.add_argument("--rounds", type=int, default=3, help="timed writes per writer (median reported)")
     ap.add_argument("--quick", action="store_true", help="about 20 MB: a smoke run (figures meaningless)")
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
     args = ap.parse_args(argv)
@@ -193,7 +220,8 @@ def main(argv=None):
             out = os.path.join(workdir, engine)
             os.makedirs(out)
             try:
-                results = bench(src, out, args.workers)
+                warmup_src = os.path.join(src, sorted(os.listdir(src))[0])  # one file
+                results = bench(src, warmup_src, out, args.workers, 1 if args.quick else args.rounds)
             except ImportError as e:
                 print(f"\n[{engine}] skipped: {e}")
                 continue
