@@ -145,13 +145,14 @@ class RecordViews(list):
     as an ordinary list.
     """
 
-    __slots__ = ("_data", "_offsets", "_views")
+    __slots__ = ("_data", "_offsets", "_views", "_starts")
 
-    def __init__(self, records=(), data=None, offsets=None):
+    def __init__(self, records=(), data=None, offsets=None, starts=None):
         super().__init__(records)
         self._data = data  # uint8 tensor the records view, or None
         self._offsets = offsets  # int64 numpy offsets into it
         self._views = tuple(self) if data is not None else ()
+        self._starts = starts  # offsets as a list of ints, one per view
 
     @classmethod
     def over(cls, data, offsets):
@@ -159,7 +160,16 @@ class RecordViews(list):
         the uint8 tensor ``data`` (they keep its memory alive)."""
         array = data.numpy()
         bounds = offsets.tolist()
-        return cls([array[a:b] for a, b in zip(bounds, bounds[1:])], data, offsets)
+        return cls([array[a:b] for a, b in zip(bounds, bounds[1:])], data, offsets, bounds[:-1])
+
+    def addresses(self):
+        """``{id(view): address of its first byte}`` for the views this list
+        was made with (empty for a list made otherwise): lets a batch that
+        holds them find their bytes without asking each array."""
+        if self._data is None:
+            return {}
+        base = self._data.data_ptr()
+        return {id(v): base + start for v, start in zip(self._views, self._starts)}
 
     def _unchanged(self):
         views = self._views
