@@ -11,6 +11,7 @@ from multiprocessing.reduction import ForkingPickler
 import numpy as np
 import torch
 
+from ..reader import record_views
 from . import _shipment, _transfer
 
 __all__ = ["PackedBatch", "RecordViews", "packed_collate"]
@@ -145,22 +146,19 @@ class RecordViews(list):
     as an ordinary list.
     """
 
-    __slots__ = ("_data", "_offsets", "_views", "_starts")
+    __slots__ = ("_data", "_offsets", "_views")
 
-    def __init__(self, records=(), data=None, offsets=None, starts=None):
+    def __init__(self, records=(), data=None, offsets=None):
         super().__init__(records)
         self._data = data  # uint8 tensor the records view, or None
         self._offsets = offsets  # int64 numpy offsets into it
         self._views = tuple(self) if data is not None else ()
-        self._starts = starts  # offsets as a list of ints, one per view
 
     @classmethod
     def over(cls, data, offsets):
         """The records ``data[offsets[k]:offsets[k + 1]]`` as numpy views of
         the uint8 tensor ``data`` (they keep its memory alive)."""
-        array = data.numpy()
-        bounds = offsets.tolist()
-        return cls([array[a:b] for a, b in zip(bounds, bounds[1:])], data, offsets, bounds[:-1])
+        return cls(record_views(data.numpy(), offsets), data, offsets)
 
     def addresses(self):
         """``{id(view): address of its first byte}`` for the views this list
@@ -169,7 +167,7 @@ class RecordViews(list):
         if self._data is None:
             return {}
         base = self._data.data_ptr()
-        return {id(v): base + start for v, start in zip(self._views, self._starts)}
+        return {id(v): base + start for v, start in zip(self._views, self._offsets[:-1].tolist())}
 
     def _unchanged(self):
         views = self._views
