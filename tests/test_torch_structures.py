@@ -313,6 +313,22 @@ def test_views_changed_by_user_code_arrive_as_changed(path, kind):
     assert seen == list(range(N))
 
 
+def with_lengths(batch):
+    """batch_transform over raw records: a new list that holds the same views."""
+    return [(record, len(record)) for record in batch]
+
+
+def test_a_batch_transform_of_raw_records_delivers_them_intact(path):
+    dataset = fft.RecordDataset(path, batch_transform=with_lengths)
+    loader = make_loader("torch", dataset, as_list, 2, batch_size=9, shuffle=True)
+    seen = []
+    for batch in loader:
+        for record, length in batch:
+            assert length == len(record)
+            seen.append(delivered(records.index_of(record), record))
+    assert sorted(seen) == list(range(N))
+
+
 class TwoReadsPerBatch(fft.RecordDataset):
     """Samples that hold records of two batch reads: each index with its mirror."""
 

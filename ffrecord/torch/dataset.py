@@ -173,16 +173,17 @@ class RecordDataset(torch.utils.data.Dataset):
             if idx.size and idx.min() < 0:
                 idx = np.where(idx < 0, idx + self._len, idx)
             batch = PackedBatch(data, offsets, idx)
-        elif self.decode is raw and self.transform is None:
-            batch = self._read_views(reader, indices)  # raw records: the views as they come
         elif self.decode is to_bytes and self.transform is None:
             batch = reader.read_bytes(indices)  # straight into the bytes objects
         else:
             # In a worker the records view shared memory: samples that keep
             # views of them cross without a copy.
             views = self._read_views(reader, indices)
-            batch = list(map(self._per_record(), views))
             records = (views,) if isinstance(views, RecordViews) else ()
+            if self.decode is raw and self.transform is None:
+                batch = views  # raw records: the views as they come
+            else:
+                batch = list(map(self._per_record(), views))
         if self.batch_transform is not None:
             batch = self.batch_transform(batch)
         return _shipment.in_worker(batch, records)
