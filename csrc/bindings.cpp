@@ -45,9 +45,10 @@ class ViewMaker {
     if (!descr_) throw py::error_already_set();
   }
   // A new reference to a 1-D view of [data, data + length) whose base is owner.
-  PyObject* view(uint8_t* data, uint64_t length, const py::capsule& owner) const {
+  PyObject* view(uint8_t* data, uint64_t length, py::handle owner, bool writable = true) const {
     const int flags = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_F_CONTIGUOUS_ |
-                      py::detail::npy_api::NPY_ARRAY_ALIGNED_ | py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+                      py::detail::npy_api::NPY_ARRAY_ALIGNED_ |
+                      (writable ? py::detail::npy_api::NPY_ARRAY_WRITEABLE_ : 0);
     Py_intptr_t shape = static_cast<Py_intptr_t>(length);
     Py_intptr_t stride = 1;
     Py_INCREF(descr_.ptr());  // PyArray_NewFromDescr steals a reference
@@ -74,6 +75,30 @@ py::list to_arrays(const Batch& b) {
   ViewMaker views;
   for (size_t i = 0; i < n; ++i)
     PyList_SET_ITEM(out.ptr(), static_cast<py::ssize_t>(i), views.view(base + b.offset[i], b.length[i], owner));
+  return out;
+}
+
+// The records data[offsets[k]:offsets[k + 1]] of a packed 1-D uint8 array as
+// views based on it (writable where it is), checked like a slice would be.
+py::list record_views(const py::array& data, const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& offsets) {
+  if (data.ndim() != 1 || data.itemsize() != 1 || data.dtype().kind() != 'u' ||
+      !(data.flags() & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_))
+    throw py::type_error("record views need a 1-D contiguous uint8 array");
+  if (offsets.ndim() != 1 || offsets.size() < 1) throw py::value_error("offsets needs n + 1 entries");
+  const int64_t* o = offsets.data();
+  const size_t n = static_cast<size_t>(offsets.size()) - 1;
+  if (o[0] < 0 || o[n] > data.size())
+    throw py::value_error("offsets run from " + std::to_string(o[0]) + " to " + std::to_string(o[n]) +
+                          ", outside an array of " + std::to_string(data.size()) + " bytes");
+  for (size_t i = 0; i < n; ++i)
+    if (o[i + 1] < o[i]) throw py::value_error("offsets must not decrease (entry " + std::to_string(i + 1) + ")");
+  const bool writable = data.writeable();
+  uint8_t* base = static_cast<uint8_t*>(const_cast<void*>(data.data()));
+  py::list out(n);
+  ViewMaker views;
+  for (size_t i = 0; i < n; ++i)
+    PyList_SET_ITEM(out.ptr(), static_cast<py::ssize_t>(i),
+                    views.view(base + o[i], static_cast<uint64_t>(o[i + 1] - o[i]), data, writable));
   return out;
 }
 
@@ -390,6 +415,9 @@ PYBIND11_MODULE(_core, m) {
              }
              return offsets;
            });
+
+  m.def("record_views", &record_views, py::arg("data"), py::arg("offsets"),
+        "Records data[offsets[k]:offsets[k + 1]] of a 1-D uint8 array as numpy views based on it.");
 
   py::class_<BatchDecoder>(m, "Decoder")
       .def(py::init([](const Reader& r, unsigned threads) {

@@ -363,3 +363,35 @@ def test_record_views_pickle_as_a_list_elsewhere():
     assert [v.tolist() for v in views] == [[0, 1], [], [2, 3, 4, 5]]
     back = pickle.loads(pickle.dumps(views))
     assert type(back) is fft.RecordViews and [v.tolist() for v in back] == [[0, 1], [], [2, 3, 4, 5]]
+
+
+def test_record_views_split_a_packed_batch_into_views(path):
+    from ffrecord.reader import record_views
+
+    reader = ffrecord.FileReader(path)
+    indices = [5, 0, 299, 5, 13]
+    data, offsets = reader.read_packed(indices)
+    views = record_views(data, offsets)
+    assert [records.index_of(v) for v in views] == indices
+    assert all(v.base is data and v.flags.writeable for v in views)
+    views[0][0] ^= 0xFF  # a view writes through to the batch it came from
+    assert data[offsets[0]] == views[0][0]
+    frozen = np.frombuffer(data.tobytes(), dtype=np.uint8)
+    assert not any(v.flags.writeable for v in record_views(frozen, offsets))
+    assert record_views(np.zeros(0, np.uint8), np.zeros(1, np.int64)) == []
+
+
+@pytest.mark.parametrize("data, offsets, error, match", [
+    (np.zeros(8, np.int16), [0, 4], TypeError, "uint8"),
+    (np.zeros((2, 4), np.uint8), [0, 4], TypeError, "1-D"),
+    (np.zeros(16, np.uint8)[::2], [0, 4], TypeError, "contiguous"),
+    (np.zeros(8, np.uint8), [], ValueError, "n \\+ 1"),
+    (np.zeros(8, np.uint8), [0, 9], ValueError, "outside an array of 8 bytes"),
+    (np.zeros(8, np.uint8), [-1, 4], ValueError, "outside"),
+    (np.zeros(8, np.uint8), [0, 5, 3, 8], ValueError, "must not decrease"),
+])
+def test_record_views_refuse_bad_input(data, offsets, error, match):
+    from ffrecord.reader import record_views
+
+    with pytest.raises(error, match=match):
+        record_views(data, np.array(offsets, dtype=np.int64))

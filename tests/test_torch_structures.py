@@ -194,6 +194,19 @@ def test_held_batches_stay_intact_when_the_shared_memory_runs_out(path, pattern)
     assert [i for b in held for i in read(b)] == list(range(N))
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("pattern", ["raw", "transform", "pairs per batch"])
+def test_a_record_kept_from_a_dropped_batch_is_never_overwritten(path, pattern, num_workers):
+    # The loop keeps one sample of each batch and drops the rest, so batch
+    # buffers (pooled reads, shared-memory slots) are recycled meanwhile; the
+    # kept records must still hold their bytes when the epoch is over.
+    make_dataset, collate_fn, read = PATTERNS[pattern]
+    loader = make_loader("torch", make_dataset(path), collate_fn, num_workers, batch_size=6, shuffle=True)
+    kept = [batch[0] for batch in loader]
+    again = [batch[0] for batch in loader]  # a second epoch reuses every buffer once more
+    assert len(read(kept + again)) == len(kept) + len(again)
+
+
 def test_leaves_arrive_as_views_of_shared_memory_not_as_copies(path):
     loader = make_loader("torch", PairsPerBatch(path), as_list, 1, batch_size=16)
     batch = next(iter(loader))
@@ -269,6 +282,84 @@ def test_a_handle_from_elsewhere_is_refused():
 
     with pytest.raises(ValueError, match="never received"):
         _transfer.import_((("nowhere", 0), None, 0, 0, 8, []))
+
+
+def changed_in_place(record):
+    """transform that changes the view it was given, as user code may: in
+    place (shape, dtype, strides) or by slicing it."""
+    i = records.index_of(record)
+    how = i % 5
+    if how == 1 and record.size % 2 == 0:
+        record.shape = (2, -1)
+    elif how == 2:
+        record.dtype = np.int8
+    elif how == 3:
+        record = record[3:]
+    elif how == 4 and record.size > 1:
+        record = record[::2]
+    return i, record
+
+
+def expected_change(i):
+    raw = np.frombuffer(records.record(i), dtype=np.uint8)
+    how = i % 5
+    if how == 1 and raw.size % 2 == 0:
+        return raw.reshape(2, -1)
+    if how == 2:
+        return raw.view(np.int8)
+    if how == 3:
+        return raw[3:]
+    if how == 4 and raw.size > 1:
+        return raw[::2]
+    return raw
+
+
+@pytest.mark.parametrize("kind", ["torch", "ffrecord"])
+def test_views_changed_by_user_code_arrive_as_changed(path, kind):
+    loader = make_loader(kind, fft.RecordDataset(path, transform=changed_in_place), as_list, 2, batch_size=7)
+    seen = []
+    for batch in loader:
+        for i, got in batch:
+            want = expected_change(i)
+            assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want), i
+            seen.append(i)
+    assert seen == list(range(N))
+
+
+def with_lengths(batch):
+    """batch_transform over raw records: a new list that holds the same views."""
+    return [(record, len(record)) for record in batch]
+
+
+def test_a_batch_transform_of_raw_records_delivers_them_intact(path):
+    dataset = fft.RecordDataset(path, batch_transform=with_lengths)
+    loader = make_loader("torch", dataset, as_list, 2, batch_size=9, shuffle=True)
+    seen = []
+    for batch in loader:
+        for record, length in batch:
+            assert length == len(record)
+            seen.append(delivered(records.index_of(record), record))
+    assert sorted(seen) == list(range(N))
+
+
+class TwoReadsPerBatch(fft.RecordDataset):
+    """Samples that hold records of two batch reads: each index with its mirror."""
+
+    def __getitems__(self, indices):
+        mirrors = [len(self) - 1 - i for i in indices]
+        return list(zip(indices, super().__getitems__(indices), mirrors, super().__getitems__(mirrors)))
+
+
+def test_samples_holding_records_of_several_reads_arrive_intact(path):
+    loader = make_loader("torch", TwoReadsPerBatch(path), as_list, 2, batch_size=6)
+    seen = []
+    for batch in loader:
+        for i, record, mirror, mirrored in batch:
+            delivered(i, record)
+            delivered(mirror, mirrored)
+            assert mirror == N - 1 - i
+            seen.append(i)
+    assert seen == list(range(N))
 
 
 # ---- resume ------------------------------------------------------------------

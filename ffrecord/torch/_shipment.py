@@ -35,7 +35,7 @@ from torch.utils.data import get_worker_info
 
 from . import _transfer
 
-__all__ = ["SampleList", "ShippingCollate", "in_worker", "pack", "ship"]
+__all__ = ["SampleList", "ShippingCollate", "in_worker", "note", "pack", "records_read", "ship"]
 
 _ALIGN = 16  # leaf offsets: enough for every numpy and torch element type
 # A tensor already in shared memory this big goes the torch way (its segment
@@ -43,6 +43,7 @@ _ALIGN = 16  # leaf offsets: enough for every numpy and torch element type
 _SHARED_AS_IS = 1 << 20
 _rebuilding = threading.local()
 _UINT8 = np.dtype(np.uint8)
+_CONTIGUOUS = (1,)
 
 
 def _address(a):
@@ -55,20 +56,39 @@ def _address(a):
 
 
 class _Packer(ForkingPickler):
-    """Pickles a batch, replacing its leaves by references to slots."""
+    """Pickles a batch, replacing its leaves by references to slots.
 
-    def __init__(self, file):
+    ``records``: the ``RecordViews`` whose views the batch may hold (the
+    records a dataset read into a slot). Their addresses are known, so such
+    a view is placed without asking numpy where its bytes are."""
+
+    def __init__(self, file, records=()):
         super().__init__(file, pickle.HIGHEST_PROTOCOL)
+        self.known = {}  # id(record view) -> address of its first byte
+        for views in records:
+            self.known.update(views.addresses())
         self.regions = []  # handle or tensor per region, filled by finish()
         self.arena = None  # region index of the copied leaves
         self.copies = []  # (uint8 numpy source, offset in the arena)
         self.arena_bytes = 0
         self.exported = []  # (ring, slot) handed over by this batch
         self.spans = []  # (start address, end address, region) of those slots
+        self.last_span = (0, -1, None)  # the span the last leaf was found in
 
     def reducer_override(self, obj):
         kind = type(obj)
         if kind is np.ndarray:
+            ptr = self.known.get(id(obj))
+            # A record view still as it was made (user code may reshape or
+            # retype a view in place): 1-D uint8, so its bytes are the leaf.
+            # Inline: this runs once per record.
+            if ptr is not None and obj.dtype is _UINT8 and obj.strides == _CONTIGUOUS:
+                nbytes = obj.size
+                start, end, region = self.last_span
+                if not (start <= ptr and ptr + nbytes <= end):
+                    region, offset = self._place(obj, ptr, nbytes)
+                    return (_bytes_leaf, (region, offset, nbytes))
+                return (_bytes_leaf, (region, ptr - start, nbytes))
             return self._array(obj)
         if kind is torch.Tensor:
             return self._tensor(obj)
@@ -82,8 +102,10 @@ class _Packer(ForkingPickler):
         """(region, offset) of a leaf's bytes: its held slot, or the arena.
         A leaf stays in its slot only at an offset that is a multiple of
         ``align`` (torch views a dtype only at such offsets)."""
-        for start, end, region in self.spans:  # most leaves lie in a slot already found
+        for span in self.spans:  # most leaves lie in a slot already found
+            start, end, region = span
             if start <= ptr and ptr + nbytes <= end and (ptr - start) % align == 0:
+                self.last_span = span
                 return region, ptr - start
         found = _transfer.locate(ptr, nbytes)
         if found is not None and found[3] and found[2] % align == 0:
@@ -92,7 +114,8 @@ class _Packer(ForkingPickler):
             self.regions.append(_transfer.export_slot(ring, slot))
             self.exported.append((ring, slot))
             start = ptr - offset
-            self.spans.append((start, start + ring.slot_bytes, region))
+            self.last_span = (start, start + ring.slot_bytes, region)
+            self.spans.append(self.last_span)
             return region, offset
         if self.arena is None:
             self.arena = len(self.regions)
@@ -142,10 +165,11 @@ class _Packer(ForkingPickler):
         return self.regions
 
 
-def pack(obj):
-    """The ``(rebuild, args)`` reduction of ``obj`` on a worker's queue."""
+def pack(obj, records=()):
+    """The ``(rebuild, args)`` reduction of ``obj`` on a worker's queue
+    (``records``: see ``_Packer``)."""
     stream = io.BytesIO()
-    packer = _Packer(stream)
+    packer = _Packer(stream, records)
     try:
         packer.dump(obj)
         regions = packer.finish()
@@ -164,12 +188,29 @@ def _unpack(skeleton, regions):
     outer = getattr(_rebuilding, "bases", None)
     _rebuilding.bases = bases
     try:
-        return pickle.loads(skeleton)
+        return _Unpacker(skeleton, [array for array, _ in bases]).load()
     finally:
         _rebuilding.bases = outer
 
 
+class _Unpacker(pickle.Unpickler):
+    """Rebuilds a skeleton whose record leaves (``_bytes_leaf``, one per
+    record) are sliced by a function bound to this batch's regions: the
+    stream looks it up once, each leaf then costs one call and one slice."""
+
+    def __init__(self, skeleton, arrays):
+        super().__init__(io.BytesIO(skeleton))
+        self.arrays = arrays
+
+    def find_class(self, module, name):
+        if name == "_bytes_leaf" and module == __name__:
+            arrays = self.arrays
+            return lambda region, offset, nbytes: arrays[region][offset:offset + nbytes]
+        return super().find_class(module, name)
+
+
 def _bytes_leaf(region, offset, nbytes):
+    """A record leaf (outside ``_Unpacker``, e.g. a skeleton loaded by hand)."""
     return _rebuilding.bases[region][0][offset:offset + nbytes]
 
 
@@ -186,9 +227,15 @@ class SampleList(list):
     """A list of samples made in a DataLoader worker. It is the plain list it
     is; what differs is how it crosses to the training process: as its
     structure plus one shared-memory buffer for all its arrays and tensors
-    (see the module docstring). It arrives as a plain ``list``."""
+    (see the module docstring). It arrives as a plain ``list``.
 
-    __slots__ = ()
+    ``records``: the ``RecordViews`` its samples were made from, if any."""
+
+    __slots__ = ("records",)
+
+    def __init__(self, samples=(), records=()):
+        super().__init__(samples)
+        self.records = records
 
     def __reduce__(self):
         return (list, (list(self),))
@@ -210,7 +257,7 @@ def _identity(batch):
     return batch
 
 
-ForkingPickler.register(SampleList, lambda batch: pack(list(batch)))
+ForkingPickler.register(SampleList, lambda batch: pack(list(batch), batch.records))
 ForkingPickler.register(_Shipment, lambda shipment: pack(shipment.batch))
 
 
@@ -229,12 +276,43 @@ class ShippingCollate:
         return f"ShippingCollate({self.collate_fn!r})"
 
 
-def in_worker(samples):
+def in_worker(samples, records=()):
     """``samples`` (a list) as a ``SampleList`` inside a DataLoader worker;
-    unchanged elsewhere, or when it is not a plain list."""
+    unchanged elsewhere, or when it is not a plain list. ``records``: the
+    ``RecordViews`` the samples were made from (see ``_Packer``)."""
     if type(samples) is list and get_worker_info() is not None:
-        return SampleList(samples)
+        return SampleList(samples, records)
     return samples
+
+
+class records_read:
+    """Collects the ``RecordViews`` a dataset hands out (``note``) while a
+    batch is made in this thread, for ``in_worker``::
+
+        with records_read() as records:
+            samples = make_batch()
+        return in_worker(samples, records)
+    """
+
+    _current = threading.local()
+
+    def __enter__(self):
+        self.outer = getattr(self._current, "records", None)
+        self._current.records = records = []
+        return records
+
+    def __exit__(self, *exc):
+        inner = self._current.records
+        self._current.records = self.outer
+        if self.outer is not None:
+            self.outer.extend(inner)  # an enclosing batch may hold these samples too
+
+
+def note(records):
+    """Tells the ``records_read`` under way, if any, about ``records``."""
+    current = getattr(records_read._current, "records", None)
+    if current is not None:
+        current.append(records)
 
 
 def ship(batch):

@@ -166,23 +166,35 @@ class RecordDataset(torch.utils.data.Dataset):
         ``batch_transform`` when set)."""
         indices = _as_indices(indices)
         reader = self._source.get()
+        records = ()
         if self.packed:
             data, offsets = self._read_packed(reader, indices)
             idx = np.asarray(indices, dtype=np.int64)  # valid: the read checked them
             if idx.size and idx.min() < 0:
                 idx = np.where(idx < 0, idx + self._len, idx)
             batch = PackedBatch(data, offsets, idx)
-        elif self.decode is raw and self.transform is None:
-            batch = self._read_views(reader, indices)  # raw records: the views as they come
         elif self.decode is to_bytes and self.transform is None:
             batch = reader.read_bytes(indices)  # straight into the bytes objects
         else:
             # In a worker the records view shared memory: samples that keep
             # views of them cross without a copy.
-            batch = [self._sample(r) for r in self._read_views(reader, indices)]
+            views = self._read_views(reader, indices)
+            records = (views,) if isinstance(views, RecordViews) else ()
+            if self.decode is raw and self.transform is None:
+                batch = views  # raw records: the views as they come
+            else:
+                batch = list(map(self._per_record(), views))
         if self.batch_transform is not None:
             batch = self.batch_transform(batch)
-        return _shipment.in_worker(batch)
+        return _shipment.in_worker(batch, records)
+
+    def _per_record(self):
+        """The function from a record to its sample, with no call more than
+        the ones asked for (it runs once per record)."""
+        decode, transform = self.decode, self.transform
+        if transform is None:
+            return decode
+        return transform if decode is raw else self._sample
 
     def _read_packed(self, reader, indices):
         """One batch as (uint8 data, int64 offsets). In a DataLoader worker the
@@ -196,7 +208,11 @@ class RecordDataset(torch.utils.data.Dataset):
         shared-memory slot, and the batch crosses to the training process as
         that slot (``RecordViews``), not as one pickled array per record."""
         shared = self._read_shared(reader, indices)
-        return RecordViews.over(*shared) if shared is not None else reader.read(indices)
+        if shared is None:
+            return reader.read(indices)
+        views = RecordViews.over(*shared)
+        _shipment.note(views)  # a subclass's samples may hold them (see _shipping)
+        return views
 
     def _read_shared(self, reader, indices):
         """(tensor over a free slot of this worker's shared-memory ring, offsets)
@@ -235,7 +251,9 @@ def _shipping(getitems):
 
     @functools.wraps(getitems)
     def __getitems__(self, indices):
-        return _shipment.in_worker(getitems(self, indices))
+        with _shipment.records_read() as records:
+            samples = getitems(self, indices)
+        return _shipment.in_worker(samples, records)
 
     __getitems__._ships = True
     return __getitems__
