@@ -16,6 +16,7 @@ Needs ``pip install 'ffrecord[spark]'`` and a Java runtime; docs/SPARK.md has a
 complete example.
 """
 
+import contextlib
 import json
 import os
 
@@ -74,14 +75,28 @@ def _write_partition(staged, columns):
     return run
 
 
-def write_ffrecord(df, dst, *, key_column=None, records_per_shard=None, shard_size=None, compression=None):
+_ARROW_BATCH_BYTES = "spark.sql.execution.arrow.maxBytesPerBatch"
+
+
+def write_ffrecord(df, dst, *, key_column=None, records_per_shard=None, shard_size=None, compression=None,
+                   arrow_batch_bytes=4 << 20):
     """Writes ``df`` to the dataset directory ``dst``; returns its manifest (``index.json``).
 
     ``key_column`` names the column holding the keys; ``records_per_shard`` or
     ``shard_size`` (bytes, default 1 GiB) bound each partition's shards;
     ``compression`` is None or ``'zstd[:level]'``. Shards follow the partitions
     in order, so the records are in the DataFrame's order. DST must be new or
-    empty; a failed job leaves it as it was."""
+    empty; a failed job leaves it as it was.
+
+    ``arrow_batch_bytes`` bounds the Arrow batches in which Spark hands the rows
+    to Python: for the length of the job, the session's
+    ``spark.sql.execution.arrow.maxBytesPerBatch`` (Spark 4) is set to it, then
+    restored. Batches that stay in the CPU caches (a few MiB) make the job
+    markedly faster than Spark's default of 64 MiB; None keeps the session's
+    setting."""
+    if arrow_batch_bytes is not None and (isinstance(arrow_batch_bytes, bool) or not isinstance(arrow_batch_bytes, int)
+                                          or arrow_batch_bytes < 1):
+        raise ValueError(f"arrow_batch_bytes must be a positive integer or None, got {arrow_batch_bytes!r}")
     try:
         columns = spark_columns(df.schema)
     except ColumnError as e:
@@ -92,11 +107,30 @@ def write_ffrecord(df, dst, *, key_column=None, records_per_shard=None, shard_si
     staged.begin()
     try:
         # One result per partition, whatever attempts ran (Spark keeps one per task).
-        parts = [json.loads(r.part) for r in df.mapInArrow(_write_partition(staged, columns), "part string").collect()]
+        with _session_conf(df.sparkSession, _ARROW_BATCH_BYTES,
+                           None if arrow_batch_bytes is None else f"{arrow_batch_bytes}b"):
+            parts = [json.loads(r.part) for r in df.mapInArrow(_write_partition(staged, columns), "part string").collect()]
         return staged.commit(parts, columns=columns)
     except BaseException:
         staged.abort()
         raise
+
+
+@contextlib.contextmanager
+def _session_conf(session, key, value):
+    """Sets a SQL setting of ``session`` for the block (None: leaves it), then puts back what was there."""
+    if value is None:
+        yield
+        return
+    before = session.conf.get(key, None)
+    session.conf.set(key, value)
+    try:
+        yield
+    finally:
+        if before is None:
+            session.conf.unset(key)
+        else:
+            session.conf.set(key, before)
 
 
 # ---- reading ---------------------------------------------------------------------

@@ -63,10 +63,16 @@ def test_write_equals_convert_and_reads_back(spark, tmp_path):
     df = spark.read.parquet(str(src)).coalesce(3)
     assert df.rdd.getNumPartitions() == 3
     dst = tmp_path / "written"
-    doc = write_ffrecord(df, dst, key_column="id", records_per_shard=150)
+    batch_bytes = "spark.sql.execution.arrow.maxBytesPerBatch"
+    before = spark.conf.get(batch_bytes, None)
+    doc = write_ffrecord(df, dst, key_column="id", records_per_shard=150, arrow_batch_bytes=20_000)  # many batches
+    assert spark.conf.get(batch_bytes, None) == before  # the session's setting is back
     assert doc["records"] == ROWS and doc["source"]["kind"] == "spark"
     assert contents(dst) == contents(converted)
     assert not leftovers(tmp_path)
+    again = tmp_path / "written-whole-batches"
+    write_ffrecord(df, again, key_column="id", records_per_shard=150, arrow_batch_bytes=None)
+    assert contents(again) == contents(converted)
 
     back = read_ffrecord(spark, dst, num_partitions=4)
     assert back.rdd.getNumPartitions() >= 4
@@ -123,6 +129,9 @@ def test_a_failed_job_leaves_nothing_and_bad_input_is_refused(spark, tmp_path):
 
     with pytest.raises(ColumnError, match="key column 'nope' is not a column"):
         write_ffrecord(df0, tmp_path / "x", key_column="nope")
+    for bad in (0, -5, 1.5, "4m", True):
+        with pytest.raises(ValueError, match="arrow_batch_bytes"):
+            write_ffrecord(df0, tmp_path / "x", arrow_batch_bytes=bad)
     with pytest.raises(ColumnError, match="'when'"):
         write_ffrecord(spark.sql("select current_timestamp() as when, 'a' as v"), tmp_path / "y")
     (tmp_path / "used").mkdir()
