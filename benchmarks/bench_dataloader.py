@@ -326,10 +326,18 @@ def measure(make_loader, limit, workers, warmup=3):
     The CPU figure counts the training process and its workers together over
     the timed part; it hardly moves when other programs compete for the
     cores, so it stays comparable on a busy machine where samples/s does not."""
+    _WORKER_PIDS[:] = [0] * len(_WORKER_PIDS)  # no pid left from an earlier loader
     loader = make_loader()
     it = iter(loader)
     for _ in range(warmup):
         next(it)
+    # Every worker has started (it runs worker_init_fn first) before the clock starts:
+    # a worker that had not yet would be missing from the CPU count.
+    deadline = time.monotonic() + 60
+    while workers and not all(_WORKER_PIDS[:workers]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not all(_WORKER_PIDS[:workers]):
+        raise RuntimeError(f"only {sum(map(bool, _WORKER_PIDS[:workers]))} of {workers} workers started in 60 s")
     count = 0
     cpu0 = _cpu_seconds(workers)
     start = time.perf_counter()
