@@ -25,16 +25,26 @@ def unique_tag():
     return f"{host}-{os.getpid()}-{secrets.token_hex(6)}"
 
 
+def _temporary_for(path):
+    """A temporary name beside ``path``, unique across processes and nodes."""
+    directory = os.path.dirname(os.path.abspath(path))
+    return os.path.join(directory, f".{os.path.basename(path)}.{unique_tag()}.tmp")
+
+
+def _write_synced(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_bytes(path, data):
     """Writes ``data`` to ``path`` through a uniquely named temporary file in the
     same directory, fsynced and renamed, then fsyncs the directory."""
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{unique_tag()}.tmp")
+    tmp = _temporary_for(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(tmp, data)
         os.replace(tmp, path)
     except BaseException as e:
         try:
@@ -52,13 +62,9 @@ def publish_once(path, data):
     several, on any node, wins); returns whether this call published it. The
     complete, fsynced file is linked into place, so ``path`` is never seen half
     written."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{unique_tag()}.tmp")
+    tmp = _temporary_for(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(tmp, data)
         won = link_once(tmp, path)
     except OSError as e:
         _name_the_file(e, path)
@@ -68,7 +74,7 @@ def publish_once(path, data):
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-    fsync_dir(directory)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
     return won
 
 
