@@ -269,14 +269,14 @@ void Writer::pad_to(uint64_t alignment) {
   }
 }
 
-void Writer::write(const void* data, uint64_t length, uint32_t flags, const std::string_view* key) {
-  check_open();
+void Writer::check_flags(uint32_t flags) const {
   if ((flags & ~format::kKnownFlagBits) || (flags & format::kCodecMask) > format::kMaxCodec)
     throw_value("unknown record flags " + std::to_string(flags));
-  if (options_.alignment > 1 && length) pad_to(options_.alignment);
-  format::IndexEntry e{pos_, length, record_crc(data, length, flags), flags};
-  append(data, length);
-  index_.push_back(e);
+}
+
+void Writer::add_entry(uint64_t offset, const void* data, uint64_t length, uint32_t flags,
+                       const std::string_view* key) {
+  index_.push_back(format::IndexEntry{offset, length, record_crc(data, length, flags), flags});
   if (key || any_key_) {
     if (!any_key_) {
       keys_.resize(index_.size() - 1);
@@ -284,6 +284,15 @@ void Writer::write(const void* data, uint64_t length, uint32_t flags, const std:
     }
     keys_.emplace_back(key ? std::string(*key) : std::string());
   }
+}
+
+void Writer::write(const void* data, uint64_t length, uint32_t flags, const std::string_view* key) {
+  check_open();
+  check_flags(flags);
+  if (options_.alignment > 1 && length) pad_to(options_.alignment);
+  const uint64_t offset = pos_;
+  append(data, length);
+  add_entry(offset, data, length, flags, key);
 }
 
 void Writer::write_packed(const uint8_t* data, const uint64_t* offsets, size_t n, uint32_t flags,
@@ -294,23 +303,13 @@ void Writer::write_packed(const uint8_t* data, const uint64_t* offsets, size_t n
     return;
   }
   check_open();
-  if ((flags & ~format::kKnownFlagBits) || (flags & format::kCodecMask) > format::kMaxCodec)
-    throw_value("unknown record flags " + std::to_string(flags));
+  check_flags(flags);
   // Index entries first, then the bytes of the whole run in one go.
-  uint64_t pos = pos_;
+  const uint64_t start = pos_;
   index_.reserve(index_.size() + n);
-  for (size_t i = 0; i < n; ++i) {
-    const uint64_t length = offsets[i + 1] - offsets[i];
-    index_.push_back(format::IndexEntry{pos, length, record_crc(data + offsets[i], length, flags), flags});
-    pos += length;
-    if (keys || any_key_) {
-      if (!any_key_) {
-        keys_.resize(index_.size() - 1);
-        any_key_ = true;
-      }
-      keys_.emplace_back(keys ? std::string(keys[i]) : std::string());
-    }
-  }
+  for (size_t i = 0; i < n; ++i)
+    add_entry(start + (offsets[i] - offsets[0]), data + offsets[i], offsets[i + 1] - offsets[i], flags,
+              keys ? &keys[i] : nullptr);
   if (n) append(data + offsets[0], offsets[n] - offsets[0]);
 }
 

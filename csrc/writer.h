@@ -75,6 +75,9 @@ class Writer {
 
  private:
   void check_open() const;
+  void check_flags(uint32_t flags) const;
+  // Records one record's index entry (and key) for bytes placed at `offset`.
+  void add_entry(uint64_t offset, const void* data, uint64_t length, uint32_t flags, const std::string_view* key);
   void append(const void* data, uint64_t length);  // buffered
   void flush();
   void write_raw(const void* data, uint64_t length);
