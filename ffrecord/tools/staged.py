@@ -208,14 +208,23 @@ class _PartWriter:
         self.count = self.raw = 0
 
     def _room(self, lengths):
-        """How many of the next records (their ``lengths``) the open shard takes; a
-        new shard takes at least one."""
+        """How many of the next records (a numpy array of their lengths) the open
+        shard takes; a new shard takes at least one."""
         s = self.staged
         if s.records_per_shard is not None:
             room = s.records_per_shard - self.count
         else:
             room = int(np.searchsorted(np.cumsum(lengths) + self.raw, s.shard_size, side="right"))
         return max(room, 0 if self.count else 1)
+
+    def _takes_one(self, size):
+        """``_room`` for one record, without numpy (it runs once per row)."""
+        s = self.staged
+        if not self.count:
+            return True
+        if s.records_per_shard is not None:
+            return self.count < s.records_per_shard
+        return self.raw + size <= s.shard_size
 
     def _open(self):
         self.path = os.path.join(self.staged.staging,
@@ -229,7 +238,7 @@ class _PartWriter:
         self.files.append({"file": os.path.basename(self.path), "records": self.count, "raw_bytes": self.raw})
 
     def add_one(self, data, key):
-        if self.writer is not None and not self._room([len(data)]):
+        if self.writer is not None and not self._takes_one(len(data)):
             self._close()
         if self.writer is None:
             self._open()
