@@ -362,6 +362,74 @@ def test_samples_holding_records_of_several_reads_arrive_intact(path):
     assert seen == list(range(N))
 
 
+class Shapes(fft.RecordDataset):
+    """Samples of one shape per batch, chosen by the batch's first index, in
+    each way a batch of samples can be taken apart into columns and a few
+    ways it cannot."""
+
+    def __getitems__(self, indices):
+        records = super().__getitems__(indices)
+        pairs = list(zip(indices, records))
+        how = indices[0] % 7
+        if how == 0:  # lists, not tuples
+            return [[i, r] for i, r in pairs]
+        if how == 1:  # dicts whose keys are not in sorted order, one of them not a string
+            return [{"z": i, 3: r, "a": len(r)} for i, r in pairs]
+        if how == 2:  # the same record twice in a sample, and once more inside a dict
+            return [(i, r, r, {"again": r}) for i, r in pairs]
+        if how == 3:  # every other record, in order
+            return [(i, r) for i, r in pairs[::2]]
+        if how == 4:  # the records in reverse order
+            return [(i, r) for i, r in reversed(pairs)]
+        if how == 5:  # tuples of two lengths in one batch
+            return [(i, r) if i % 2 else (i, r, "odd one out") for i, r in pairs]
+        return [r for _, r in pairs]  # bare records, in a plain list
+
+
+def check_shapes(batch):
+    """Checks one batch of Shapes; returns the indices it delivered."""
+    seen = []
+    for sample in batch:
+        if isinstance(sample, list):
+            assert len(sample) == 2
+            i, r = sample
+        elif isinstance(sample, dict):
+            assert list(sample) == ["z", 3, "a"]
+            i, r = sample["z"], sample[3]
+            assert sample["a"] == len(r)
+        elif isinstance(sample, np.ndarray):
+            i, r = records.index_of(sample), sample
+        elif len(sample) == 4:
+            i, r, again, inner = sample
+            assert again is r and inner["again"] is r  # one object, as the worker had it
+        else:
+            assert type(sample) is tuple
+            i, r = sample[:2]
+            assert sample[2:] in ((), ("odd one out",))
+        seen.append(delivered(i, r))
+    return seen
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_samples_of_every_shape_arrive_as_they_were_made(path, num_workers):
+    loader = make_loader("torch", Shapes(path), as_list, num_workers, batch_size=5)
+    delivered_ = []
+    for batch in loader:
+        delivered_ += check_shapes(batch)
+    halves = {i for start in range(0, N, 5) if start % 7 == 3 for i in range(start + 1, min(start + 5, N), 2)}
+    assert sorted(delivered_) == [i for i in range(N) if i not in halves]
+
+
+def test_records_of_a_tuple_arrive_as_views_of_the_batch_read(path):
+    loader = make_loader("torch", fft.RecordDataset(path, transform=with_label), as_list, 1, batch_size=16)
+    batch = next(iter(loader))
+    starts = [r.__array_interface__["data"][0] for r, _ in batch]
+    ends = [s + r.size for s, (r, _) in zip(starts, batch)]
+    assert starts[1:] == ends[:-1]  # back to back in one buffer, as the worker read them
+    assert all(not r.flags.owndata and r.flags.writeable for r, _ in batch)
+    assert [label for _, label in batch] == [i % 7 for i in range(16)]
+
+
 # ---- resume ------------------------------------------------------------------
 
 def order_of(pattern, loader):

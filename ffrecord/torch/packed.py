@@ -6,6 +6,7 @@ objects pickled one by one. Record ``k`` is ``data[offsets[k]:offsets[k+1]]``;
 ``batch[k]`` gives that view without a copy.
 """
 
+import operator
 from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
@@ -169,9 +170,18 @@ class RecordViews(list):
         base = self._data.data_ptr()
         return {id(v): base + start for v, start in zip(self._views, self._offsets[:-1].tolist())}
 
-    def _unchanged(self):
+    def same_views(self, records):
+        """Whether the sequence ``records`` holds exactly the views this list
+        was made with (the same objects, in order)."""
         views = self._views
-        return self._data is not None and len(self) == len(views) and all(a is b for a, b in zip(self, views))
+        return self._data is not None and len(records) == len(views) and all(map(operator.is_, records, views))
+
+    def packed(self):
+        """(data, offsets) the views were made over (see ``over``)."""
+        return self._data, self._offsets
+
+    def _unchanged(self):
+        return self.same_views(self)
 
     def __reduce__(self):
         return (RecordViews, (list(self),))
