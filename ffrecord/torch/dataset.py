@@ -128,7 +128,7 @@ class RecordDataset(torch.utils.data.Dataset):
             raise ValueError("packed=True returns raw bytes per batch: use batch_transform instead of decode/transform")
         self.transform = transform
         self.batch_transform = batch_transform
-        self._into_shared = True  # may packed batches be read straight into shared memory
+        self._reads = _BatchReads()
         self._source = _ProcessLocalReader(path, check_data, direct)
         reader = self._source.get()  # opens now: a bad path fails here, not in a worker
         self._len = reader.n
@@ -168,7 +168,7 @@ class RecordDataset(torch.utils.data.Dataset):
         reader = self._source.get()
         records = ()
         if self.packed:
-            data, offsets = self._read_packed(reader, indices)
+            data, offsets = self._reads.packed(reader, indices)
             idx = np.asarray(indices, dtype=np.int64)  # valid: the read checked them
             if idx.size and idx.min() < 0:
                 idx = np.where(idx < 0, idx + self._len, idx)
@@ -178,7 +178,7 @@ class RecordDataset(torch.utils.data.Dataset):
         else:
             # In a worker the records view shared memory: samples that keep
             # views of them cross without a copy.
-            views = self._read_views(reader, indices)
+            views = self._reads.views(reader, indices)
             records = (views,) if isinstance(views, RecordViews) else ()
             if self.decode is raw and self.transform is None:
                 batch = views  # raw records: the views as they come
@@ -196,42 +196,6 @@ class RecordDataset(torch.utils.data.Dataset):
             return decode
         return transform if decode is raw else self._sample
 
-    def _read_packed(self, reader, indices):
-        """One batch as (uint8 data, int64 offsets). In a DataLoader worker the
-        records are read straight into the shared memory that goes to the
-        training process, with no other copy."""
-        shared = self._read_shared(reader, indices)
-        return shared if shared is not None else reader.read_packed(indices)
-
-    def _read_views(self, reader, indices):
-        """Raw records as numpy views. In a DataLoader worker they view one
-        shared-memory slot, and the batch crosses to the training process as
-        that slot (``RecordViews``), not as one pickled array per record."""
-        shared = self._read_shared(reader, indices)
-        if shared is None:
-            return reader.read(indices)
-        views = RecordViews.over(*shared)
-        _shipment.note(views)  # a subclass's samples may hold them (see _shipping)
-        return views
-
-    def _read_shared(self, reader, indices):
-        """(tensor over a free slot of this worker's shared-memory ring, offsets)
-        with the records read into it back to back, or None outside a worker,
-        with no free slot, or for compressed records."""
-        if not (self._into_shared and len(indices)):
-            return None
-        total = int(reader.lengths(indices).sum())
-        target = _transfer.worker_buffer(total)
-        if target is None:
-            return None
-        try:
-            return target, reader.read_packed_into(indices, target.numpy())
-        except ValueError:
-            if reader.closed:
-                raise
-            self._into_shared = False  # compressed records: stored lengths are not the bytes
-            return None
-
     def close(self):
         """Closes this process's reader (reads then raise ValueError)."""
         self._source.close()
@@ -244,6 +208,48 @@ class RecordDataset(torch.utils.data.Dataset):
 
     def __repr__(self):
         return f"<ffrecord.torch.RecordDataset {self.path!r} records={self._len} packed={self.packed}>"
+
+
+class _BatchReads:
+    """Reads the records of a batch. In a DataLoader worker they are read
+    straight into a free slot of the worker's shared-memory ring, the memory
+    that goes to the training process, with no other copy: packed batches
+    cross as that slot, and samples holding the views (noted for
+    ``_shipment.records_read``) cross as the slot plus offsets, not as one
+    pickled array per record. Elsewhere, with no free slot, or for
+    compressed records (whose stored lengths are not their bytes), the
+    reader's own calls."""
+
+    def __init__(self):
+        self.into_shared = True
+
+    def packed(self, reader, indices):
+        """(uint8 data, int64 offsets) of a batch."""
+        shared = self._shared(reader, indices)
+        return shared if shared is not None else reader.read_packed(indices)
+
+    def views(self, reader, indices):
+        """The records of a batch as numpy views (a ``RecordViews`` in a worker)."""
+        shared = self._shared(reader, indices)
+        if shared is None:
+            return reader.read(indices)
+        views = RecordViews.over(*shared)
+        _shipment.note(views)
+        return views
+
+    def _shared(self, reader, indices):
+        if not (self.into_shared and len(indices)):
+            return None
+        target = _transfer.worker_buffer(int(reader.lengths(indices).sum()))
+        if target is None:
+            return None
+        try:
+            return target, reader.read_packed_into(indices, target.numpy())
+        except ValueError:
+            if reader.closed:
+                raise
+            self.into_shared = False  # compressed records
+            return None
 
 
 def _shipping(getitems):
@@ -360,14 +366,25 @@ class Dataset(torch.utils.data.Dataset, ReaderRegistry):
             return self.process([int(indices)], self.reader.read([int(indices)]))[0]
         if not isinstance(indices, (list, tuple)):
             raise TypeError(f"indices must be a list of indices (or one int), not {type(indices).__name__}")
-        return self.process(indices, self.reader.read(indices))
+        return self.process(indices, self._read_batch(indices))
+
+    def _read_batch(self, indices):
+        # A subclass may not call __init__ (it may set self.reader itself).
+        reads = self.__dict__.get("_reads")
+        if reads is None:
+            reads = self.__dict__["_reads"] = _BatchReads()
+        return reads.views(self.reader, indices)
 
     def __getitems__(self, indices):
-        return _shipment.in_worker(self[list(indices)])
+        with _shipment.records_read() as records:
+            samples = self[list(indices)]
+        return _shipment.in_worker(samples, records)
 
     def process(self, indices, data):
         """Turns the raw records ``data`` (numpy uint8 arrays, one per index)
-        into the list of samples handed to the DataLoader's ``collate_fn``."""
+        into the list of samples handed to the DataLoader's ``collate_fn``.
+        In a DataLoader worker ``data`` views shared memory that is reused
+        once the batch is consumed: copy a record kept beyond the call."""
         raise NotImplementedError("subclasses of ffrecord.torch.Dataset define process(indices, data)")
 
     def __add__(self, other):
