@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader as TorchDataLoader
 
+import ffrecord
 import ffrecord.torch as fft
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "torch_scripts"))
@@ -428,6 +429,35 @@ def test_records_of_a_tuple_arrive_as_views_of_the_batch_read(path):
     assert starts[1:] == ends[:-1]  # back to back in one buffer, as the worker read them
     assert all(not r.flags.owndata and r.flags.writeable for r, _ in batch)
     assert [label for _, label in batch] == [i % 7 for i in range(16)]
+
+
+class RawProcessed(fft.Dataset):
+    """process() that keeps the records as they came, with their indices."""
+
+    def process(self, indices, data):
+        return [(int(i), d) for i, d in zip(indices, data)]
+
+
+def test_records_given_to_process_arrive_as_views_of_the_batch_read(path):
+    loader = make_loader("ffrecord", RawProcessed(path), as_list, 2, batch_size=16)
+    seen = []
+    for batch in loader:
+        starts = [r.__array_interface__["data"][0] for _, r in batch]
+        assert starts == sorted(starts) and not any(r.flags.owndata for _, r in batch)
+        seen += read_pairs(batch)
+    assert seen == list(range(N))
+
+
+@pytest.mark.parametrize("make", [lambda p: RawProcessed(p), lambda p: PairsPerBatch(p),
+                                  lambda p: fft.RecordDataset(p, transform=lambda r: (records.index_of(r), r))],
+                         ids=["process()", "pairs per batch", "transform"])
+def test_compressed_records_cross_from_workers_intact(tmp_path, make):
+    p = str(tmp_path / "z.ffr")
+    with ffrecord.FileWriter(p, compression="zstd") as w:
+        for i in range(N):
+            w.write_one(records.record(i))
+    loader = make_loader("torch", make(p), as_list, 2, batch_size=8, shuffle=True)
+    assert sorted(i for _ in range(2) for batch in loader for i in read_pairs(batch)) == sorted(list(range(N)) * 2)
 
 
 # ---- resume ------------------------------------------------------------------
