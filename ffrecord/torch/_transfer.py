@@ -111,6 +111,11 @@ def _ring_for(nbytes):
     return ring
 
 
+def in_worker():
+    """Whether this is a DataLoader worker (the only place a ring is used)."""
+    return get_worker_info() is not None
+
+
 def _fits(nbytes):
     return get_worker_info() is not None and 0 < nbytes <= MAX_RING_BYTES // 2
 

@@ -238,7 +238,7 @@ class _BatchReads:
         return views
 
     def _shared(self, reader, indices):
-        if not (self.into_shared and len(indices)):
+        if not (self.into_shared and len(indices) and _transfer.in_worker()):
             return None
         target = _transfer.worker_buffer(int(reader.lengths(indices).sum()))
         if target is None:
