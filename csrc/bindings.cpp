@@ -102,6 +102,27 @@ py::list record_views(const py::array& data, const py::array_t<int64_t, py::arra
   return out;
 }
 
+// Whether `records` (a list or tuple) holds exactly the objects of `views`, in
+// order, each still a 1-D uint8 array of unit stride: user code may have
+// retyped or reshaped a view in place, or put another object in its place.
+bool views_unchanged(const py::handle& records, const py::tuple& views) {
+  py::object seq = py::reinterpret_steal<py::object>(PySequence_Fast(records.ptr(), "records must be a sequence"));
+  if (!seq) throw py::error_already_set();
+  const py::ssize_t n = PySequence_Fast_GET_SIZE(seq.ptr());
+  if (n != static_cast<py::ssize_t>(views.size())) return false;
+  auto& api = py::detail::npy_api::get();
+  py::object u8 = py::reinterpret_steal<py::object>(api.PyArray_DescrFromType_(py::detail::npy_api::NPY_UBYTE_));
+  if (!u8) throw py::error_already_set();
+  PyObject** items = PySequence_Fast_ITEMS(seq.ptr());
+  for (py::ssize_t i = 0; i < n; ++i) {
+    PyObject* a = items[i];
+    if (a != PyTuple_GET_ITEM(views.ptr(), i)) return false;
+    const auto* proxy = py::detail::array_proxy(a);  // a is one of the views: an ndarray
+    if (proxy->descr != u8.ptr() || proxy->nd != 1 || proxy->strides[0] != 1) return false;
+  }
+  return true;
+}
+
 py::array_t<uint32_t> flags_of(const Batch& b) {
   py::array_t<uint32_t> f(static_cast<py::ssize_t>(b.flags.size()));
   if (!b.flags.empty()) std::memcpy(f.mutable_data(), b.flags.data(), b.flags.size() * 4);
@@ -416,6 +437,8 @@ PYBIND11_MODULE(_core, m) {
              return offsets;
            });
 
+  m.def("views_unchanged", &views_unchanged, py::arg("records"), py::arg("views"),
+        "Whether records holds exactly these views, in order, each still 1-D uint8 with unit stride.");
   m.def("record_views", &record_views, py::arg("data"), py::arg("offsets"),
         "Records data[offsets[k]:offsets[k + 1]] of a 1-D uint8 array as numpy views based on it.");
 

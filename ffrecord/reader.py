@@ -11,7 +11,7 @@ from . import _core, _index_table, _indices
 from .dataset_paths import resolve
 from .errors import FormatError
 
-__all__ = ["FileReader", "record_views"]
+__all__ = ["FileReader", "record_views", "views_unchanged"]
 
 
 class FileReader:
@@ -373,6 +373,14 @@ def record_views(data, offsets):
     numpy views of the 1-D uint8 array ``data`` (writable where it is; they
     keep it alive), made in one native call instead of one slice per record."""
     return _core.record_views(data, offsets)
+
+
+def views_unchanged(records, views):
+    """Whether the list or tuple ``records`` holds exactly the arrays of the
+    tuple ``views`` (the same objects, in order), each still as
+    ``record_views`` made it: 1-D uint8 with unit stride (user code may have
+    retyped or reshaped one in place). One native pass."""
+    return _core.views_unchanged(records, views)
 
 
 def _parse_metadata(raw, path):

@@ -395,3 +395,39 @@ def test_record_views_refuse_bad_input(data, offsets, error, match):
 
     with pytest.raises(error, match=match):
         record_views(data, np.array(offsets, dtype=np.int64))
+
+
+def test_views_unchanged_sees_every_change_user_code_can_make(path):
+    from ffrecord.reader import record_views, views_unchanged
+
+    data, offsets = ffrecord.FileReader(path).read_packed([3, 4, 5, 6])
+    views = tuple(record_views(data, offsets))
+    assert views_unchanged(list(views), views) and views_unchanged(views, views)
+    assert not views_unchanged(list(views[:3]), views)  # one missing
+    assert not views_unchanged(list(reversed(views)), views)  # reordered
+    assert not views_unchanged([views[0], views[1], views[2], views[3].copy()], views)  # another object
+    for change in ("dtype", "shape"):
+        again = tuple(record_views(data, offsets))
+        if change == "dtype":
+            again[1].dtype = np.int8
+        else:
+            again[1].shape = (2, -1)
+        assert not views_unchanged(list(again), again), change
+    with pytest.raises(TypeError, match="sequence"):
+        views_unchanged(42, views)
+
+
+def retype_first_in_place(batch):
+    """batch_transform that retypes one record in place and returns the same list."""
+    batch[0].dtype = np.int8
+    return batch
+
+
+def test_raw_records_retyped_in_place_arrive_retyped(path):
+    ds = fft.RecordDataset(path, batch_transform=retype_first_in_place)
+    loader = TorchDataLoader(ds, batch_size=8, num_workers=2, collate_fn=as_list, multiprocessing_context="fork")
+    seen = []
+    for batch in loader:
+        assert batch[0].dtype == np.int8 and all(r.dtype == np.uint8 for r in batch[1:])
+        seen += [records.index_of(r.view(np.uint8)) for r in batch]
+    assert seen == list(range(N))

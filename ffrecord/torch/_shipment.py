@@ -168,11 +168,9 @@ class _Packer(ForkingPickler):
         were made, lying back to back in one held slot; else None."""
         if type(column[0]) is not np.ndarray:
             return None
-        if set(map(_dtype_of, column)) != {_UINT8} or set(map(_strides_of, column)) != {_CONTIGUOUS}:
-            return None  # not records, or reshaped or retyped in place by user code
         if self.record_columns and any(map(self._in_columns().__contains__, map(id, column))):
             return None  # a record already sent in a column: arrives as that same object
-        for views in self.records:  # the usual case: every record of a read, in its order
+        for views in self.records:  # the usual case: every record of a read, in its order, unchanged
             if views.same_views(column):
                 data, offsets = views.packed()
                 where = self._held(data.data_ptr(), data.numel())
@@ -181,6 +179,8 @@ class _Packer(ForkingPickler):
                 region, offset = where
                 return region, (offsets + offset).tobytes()
         # Records of one read, back to back but not all of them (e.g. a filtered batch).
+        if set(map(_dtype_of, column)) != {_UINT8} or set(map(_strides_of, column)) != {_CONTIGUOUS}:
+            return None  # not records, or reshaped or retyped in place by user code
         ptrs = list(map(self.known.get, map(id, column)))
         n = len(ptrs)
         if None in ptrs or len(set(map(id, column))) != n:

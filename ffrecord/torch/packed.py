@@ -6,13 +6,12 @@ objects pickled one by one. Record ``k`` is ``data[offsets[k]:offsets[k+1]]``;
 ``batch[k]`` gives that view without a copy.
 """
 
-import operator
 from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
 import torch
 
-from ..reader import record_views
+from ..reader import record_views, views_unchanged
 from . import _shipment, _transfer
 
 __all__ = ["PackedBatch", "RecordViews", "packed_collate"]
@@ -171,10 +170,9 @@ class RecordViews(list):
         return {id(v): base + start for v, start in zip(self._views, self._offsets[:-1].tolist())}
 
     def same_views(self, records):
-        """Whether the sequence ``records`` holds exactly the views this list
-        was made with (the same objects, in order)."""
-        views = self._views
-        return self._data is not None and len(records) == len(views) and all(map(operator.is_, records, views))
+        """Whether the list or tuple ``records`` holds exactly the views this
+        list was made with (the same objects, in order), each unchanged."""
+        return self._data is not None and views_unchanged(records, self._views)
 
     def packed(self):
         """(data, offsets) the views were made over (see ``over``)."""
