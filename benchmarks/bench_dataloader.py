@@ -44,6 +44,7 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -148,6 +149,11 @@ def decode_image(rec):
     """A stand-in for an image decoder and transform: uint8 -> normalised float32 tensor."""
     pixels = np.frombuffer(rec, dtype=np.uint8, count=IMAGE_SHAPE[0] * IMAGE_SHAPE[1]).reshape(IMAGE_SHAPE)
     return torch.from_numpy(pixels).float().div_(255.0)
+
+
+# A peer's record is read-only bytes: torch warns once per process about a
+# tensor over it, though .float() copies it and nothing writes to it.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
 def label_sample(rec):
@@ -319,15 +325,22 @@ def _cpu_seconds(workers):
     return total
 
 
-def measure(make_loader, limit, workers, warmup=3):
+def measure(make_loader, limit, workers, warmup=3, passes_before=0):
     """(samples/s, CPU microseconds per sample) over up to ``limit`` samples
-    after ``warmup`` batches (which also absorb the start of the workers).
+    after ``warmup`` batches (which also absorb the start of the workers),
+    in a loader's first pass, or after ``passes_before`` whole untimed passes
+    over it (the steady state of a long training run; without workers the
+    datasets then keep what their first pass set up, e.g. a file mapping's
+    page tables, as every later epoch of a run does).
 
     The CPU figure counts the training process and its workers together over
     the timed part; it hardly moves when other programs compete for the
     cores, so it stays comparable on a busy machine where samples/s does not."""
     _WORKER_PIDS[:] = [0] * len(_WORKER_PIDS)  # no pid left from an earlier loader
     loader = make_loader()
+    for _ in range(passes_before):
+        for _ in loader:
+            pass
     it = iter(loader)
     for _ in range(warmup):
         next(it)
@@ -386,6 +399,8 @@ def main():
     ap.add_argument("--patterns", nargs="+", default=PATTERNS, choices=PATTERNS)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--limit", type=float, default=0.6, help="fraction of an epoch timed per run")
+    ap.add_argument("--passes-before", type=int, default=0,
+                    help="whole untimed passes over each loader before the timed one (default: time the first)")
     ap.add_argument("--workloads", nargs="+", default=["W-small", "W-image"], choices=["W-small", "W-image"])
     ap.add_argument("--quick", action="store_true",
                     help="small data, one repeat, 0 and 2 workers: checks that everything runs")
@@ -431,7 +446,7 @@ def main():
                         # Every dataset back in the page cache first: idle pages are reclaimed
                         # on some machines, and the loader that ran first would pay for them.
                         warm(files)
-                        r, c = measure(make, limit, workers)
+                        r, c = measure(make, limit, workers, passes_before=args.passes_before)
                         rate[label].append(r)
                         cpu[label].append(c)
                 peers = [k for k in makers if not k.startswith("ffrecord")]
