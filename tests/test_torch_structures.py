@@ -371,7 +371,7 @@ class Shapes(fft.RecordDataset):
     def __getitems__(self, indices):
         records = super().__getitems__(indices)
         pairs = list(zip(indices, records))
-        how = indices[0] % 7
+        how = indices[0] % 8
         if how == 0:  # lists, not tuples
             return [[i, r] for i, r in pairs]
         if how == 1:  # dicts whose keys are not in sorted order, one of them not a string
@@ -384,6 +384,8 @@ class Shapes(fft.RecordDataset):
             return [(i, r) for i, r in reversed(pairs)]
         if how == 5:  # tuples of two lengths in one batch
             return [(i, r) if i % 2 else (i, r, "odd one out") for i, r in pairs]
+        if how == 6:  # a column of records and other objects
+            return [(i, {"record": r} if i % 2 else r) for i, r in pairs]
         return [r for _, r in pairs]  # bare records, in a plain list
 
 
@@ -406,6 +408,8 @@ def check_shapes(batch):
         else:
             assert type(sample) is tuple
             i, r = sample[:2]
+            if isinstance(r, dict):
+                r = r["record"]
             assert sample[2:] in ((), ("odd one out",))
         seen.append(delivered(i, r))
     return seen
@@ -417,7 +421,7 @@ def test_samples_of_every_shape_arrive_as_they_were_made(path, num_workers):
     delivered_ = []
     for batch in loader:
         delivered_ += check_shapes(batch)
-    halves = {i for start in range(0, N, 5) if start % 7 == 3 for i in range(start + 1, min(start + 5, N), 2)}
+    halves = {i for start in range(0, N, 5) if start % 8 == 3 for i in range(start + 1, min(start + 5, N), 2)}
     assert sorted(delivered_) == [i for i in range(N) if i not in halves]
 
 

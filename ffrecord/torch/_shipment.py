@@ -179,6 +179,8 @@ class _Packer(ForkingPickler):
                 region, offset = where
                 return region, (offsets + offset).tobytes()
         # Records of one read, back to back but not all of them (e.g. a filtered batch).
+        if set(map(type, column)) != {np.ndarray}:
+            return None
         if set(map(_dtype_of, column)) != {_UINT8} or set(map(_strides_of, column)) != {_CONTIGUOUS}:
             return None  # not records, or reshaped or retyped in place by user code
         ptrs = list(map(self.known.get, map(id, column)))
@@ -289,13 +291,26 @@ def pack(obj, records=()):
     stream = io.BytesIO()
     packer = _Packer(stream, records)
     try:
-        packer.dump(packer.columns(obj) if type(obj) is list else obj)
+        packer.dump(_taken_apart(packer, obj) if type(obj) is list else obj)
         regions = packer.finish()
     except BaseException:
         for ring, slot in packer.exported:  # never sent: the worker keeps them
             _transfer.keep_slot(ring, slot)
         raise
     return (_unpack, (stream.getvalue(), regions))
+
+
+def _taken_apart(packer, samples):
+    """``packer.columns(samples)``, or ``samples`` as they are should taking
+    them apart fail on something unforeseen: this runs in the queue's feeder
+    thread, where an exception would lose the batch and leave the training
+    process waiting for it."""
+    try:
+        return packer.columns(samples)
+    except Exception:
+        packer.record_columns.clear()
+        packer.in_columns = None
+        return samples
 
 
 def _unpack(skeleton, regions):
