@@ -158,6 +158,46 @@ def test_pack_and_unpack_round_trip(tmp_path, capsys):
     assert (tmp_path / "out" / "a.txt").read_bytes() == b"alpha"
 
 
+def test_unpack_recreates_empty_folders(tmp_path):
+    src = tmp_path / "folder"
+    (src / "empty" / "nested").mkdir(parents=True)
+    (src / "blank").mkdir()
+    (src / "sub").mkdir()
+    (src / "sub" / "x.txt").write_bytes(b"x")
+    assert cli("pack", src, tmp_path / "p.ffr", "-q") == 0
+    assert cli("unpack", tmp_path / "p.ffr", tmp_path / "out", "-q") == 0
+    out = tmp_path / "out"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == \
+        ["blank", "empty", "empty/nested", "sub", "sub/x.txt"]
+    assert (out / "sub" / "x.txt").read_bytes() == b"x"
+    # Only empty folders: the output directory and the folders are made all the same.
+    only = tmp_path / "only"
+    (only / "a").mkdir(parents=True)
+    assert cli("pack", only, tmp_path / "only.ffr", "-q") == 0
+    assert cli("unpack", tmp_path / "only.ffr", tmp_path / "out2", "-q") == 0
+    assert (tmp_path / "out2" / "a").is_dir()
+
+
+def test_unpack_refuses_a_file_where_a_folder_goes(tmp_path, capsys):
+    src = tmp_path / "folder"
+    (src / "d").mkdir(parents=True)
+    assert cli("pack", src, tmp_path / "p.ffr", "-q") == 0
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "d").write_bytes(b"in the way")
+    assert cli("unpack", tmp_path / "p.ffr", tmp_path / "out", "--overwrite") == 1
+    assert "is not a directory" in capsys.readouterr().err
+    assert (tmp_path / "out" / "d").read_bytes() == b"in the way"
+
+
+def test_unpack_refuses_an_empty_folder_name_that_escapes(tmp_path, capsys):
+    meta = {"ffrecord.packed_folder": 1, "ffrecord.packed_folder.empty_dirs": ["../outside"]}
+    with ffrecord.FileWriter(tmp_path / "evil.ffr", metadata=meta) as w:
+        w.write_one(b"fine", key="ok.txt")
+    assert cli("unpack", tmp_path / "evil.ffr", tmp_path / "out") == 1
+    assert "unsafe file name" in capsys.readouterr().err
+    assert not (tmp_path / "outside").exists()
+
+
 def test_unpack_a_v1_packed_folder(tmp_path):
     with open(os.path.join(GOLDEN_V1, "manifest.json")) as f:
         golden = json.load(f)

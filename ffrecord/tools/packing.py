@@ -31,7 +31,8 @@ def pack(folder, out_file, verbose=False):
 
 
 def unpack(ffr_file, out_dir, overwrite=False, on_file=None):
-    """Writes the files packed in ``ffr_file`` under ``out_dir``; returns their count."""
+    """Writes the files packed in ``ffr_file`` under ``out_dir``, and its
+    folders, empty ones included; returns the number of files."""
     ffr_file, out_dir = os.fspath(ffr_file), os.fspath(out_dir)
     if not os.path.exists(ffr_file):
         raise UsageError(f"{ffr_file}: no such file or directory")
@@ -39,13 +40,22 @@ def unpack(ffr_file, out_dir, overwrite=False, on_file=None):
         raise UsageError(f"{out_dir}: exists and is not a directory")
     with PackedFolder(ffr_file) as packed:
         names = [os.fspath(name) for name in packed.list(list_dir=False, recursive=True)]
-        for name in names:
+        # Every folder, so that empty ones come back too (files make their own parents).
+        folders = [os.fspath(name) for name in packed.list(list_file=False, recursive=True)]
+        for name in names + folders:
             _check_safe(name, ffr_file)
+        for name in folders:
+            target = os.path.join(out_dir, *name.split("/"))
+            if os.path.exists(target) and not os.path.isdir(target):
+                raise ToolError(f"{target}: exists and is not a directory; the packed folder has a folder there")
         if not overwrite:
             for name in names:
                 target = os.path.join(out_dir, *name.split("/"))
                 if os.path.exists(target):
                     raise ToolError(f"{target}: exists; pass --overwrite to replace files")
+        os.makedirs(out_dir, exist_ok=True)
+        for name in folders:
+            os.makedirs(os.path.join(out_dir, *name.split("/")), exist_ok=True)
         for name in names:
             target = os.path.join(out_dir, *name.split("/"))
             os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
