@@ -25,18 +25,10 @@ from torch.utils.data import DataLoader
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 
 import ffrecord.torch as fft  # noqa: E402
-
-
-def keep(batch):
-    return batch
-
-
-def warm(path):
-    with open(path, "rb") as f:
-        while f.read(1 << 24):
-            pass
+from bench_dataloader import keep, warm  # noqa: E402
 
 
 def rate(path, batch, workers, epochs, persistent):
@@ -71,7 +63,7 @@ def main():
         runs = {False: [], True: []}
         for _ in range(args.repeats):
             for persistent in (False, True):
-                warm(path)
+                warm([path])
                 runs[persistent].append(rate(path, batch, args.workers, args.epochs, persistent))
         for persistent, rates in runs.items():
             shown = ", ".join(f"{r:,.0f}" for r in rates)
