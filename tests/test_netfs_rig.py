@@ -164,7 +164,10 @@ def test_a_failed_mount_raises_with_sshfs_stderr_and_leaves_nothing():
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_an_interrupted_process_tears_its_rig_down(sig):
     script = (
-        "import json, sys, time\n"
+        "import json, signal, sys, time\n"
+        # A shell without job control starts background jobs with SIGINT ignored, and
+        # Python keeps an ignored SIGINT: restore Ctrl-C's usual meaning for this test.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         f"sys.path.insert(0, {HERE!r})\n"
         "import netfs_rig\n"
         "rig = netfs_rig.NetFSRig()\n"
