@@ -116,8 +116,8 @@ bool views_unchanged(const py::handle& records, const py::tuple& views) {
   PyObject** items = PySequence_Fast_ITEMS(seq.ptr());
   for (py::ssize_t i = 0; i < n; ++i) {
     PyObject* a = items[i];
-    if (a != PyTuple_GET_ITEM(views.ptr(), i)) return false;
-    const auto* proxy = py::detail::array_proxy(a);  // a is one of the views: an ndarray
+    if (a != PyTuple_GET_ITEM(views.ptr(), i) || !api.PyArray_Check_(a)) return false;
+    const auto* proxy = py::detail::array_proxy(a);
     if (proxy->descr != u8.ptr() || proxy->nd != 1 || proxy->strides[0] != 1) return false;
   }
   return true;

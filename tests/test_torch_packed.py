@@ -415,6 +415,8 @@ def test_views_unchanged_sees_every_change_user_code_can_make(path):
         assert not views_unchanged(list(again), again), change
     with pytest.raises(TypeError, match="sequence"):
         views_unchanged(42, views)
+    others = (object(), b"bytes", 7)  # the same objects, but not arrays: answered, never read as arrays
+    assert not views_unchanged(list(others), others)
 
 
 def retype_first_in_place(batch):
