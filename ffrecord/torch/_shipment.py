@@ -18,9 +18,10 @@ is given back when the last leaf viewing it is gone.
 
 A list of samples of one shape (tuples or lists of one length, dicts with
 the same keys in the same order, or bare records) that holds the records its
-dataset read is first taken apart into columns: a column of records lying
-back to back in one slot crosses as that slot plus their offsets, and the
-training process makes its views in one native call; the other columns
+dataset read is first taken apart into columns: a column holding every
+record of one read, unchanged and in order, crosses as that read's slot plus
+the offsets, and the training process makes its views in one native call
+(any other column of records crosses record by record); the other columns
 (labels, indices...) are pickled as one tuple each, without a per-sample
 reduction. The samples are zipped together again on arrival.
 
@@ -33,7 +34,6 @@ correct, only slower.
 
 import ctypes
 import io
-import operator
 import pickle
 import threading
 from multiprocessing.reduction import ForkingPickler
@@ -54,8 +54,6 @@ _SHARED_AS_IS = 1 << 20
 _rebuilding = threading.local()
 _UINT8 = np.dtype(np.uint8)
 _CONTIGUOUS = (1,)
-_dtype_of = operator.attrgetter("dtype")
-_strides_of = operator.attrgetter("strides")
 # How a list of samples was taken apart (see _Columns).
 _RECORDS, _TUPLES, _LISTS, _DICTS = range(4)
 _SHAPES = {np.ndarray: _RECORDS, tuple: _TUPLES, list: _LISTS, dict: _DICTS}
@@ -156,7 +154,7 @@ class _Packer(ForkingPickler):
             if where is None:
                 others.append((c, column))
             else:
-                records.append((c, *where))
+                records.append(_RecordColumn(c, *where))
                 self.record_columns[c] = column
                 self.in_columns = None
         if not records:
@@ -164,13 +162,14 @@ class _Packer(ForkingPickler):
         return _Columns((shape, keys, len(columns), tuple(records), tuple(others)))
 
     def _record_column(self, column):
-        """(region, offsets) for a column of distinct record views, as they
-        were made, lying back to back in one held slot; else None."""
+        """(region, offsets) for a column that holds every record of one read,
+        unchanged and in the order of the read; else None (such a column, e.g.
+        a filtered batch, crosses record by record, still without a copy)."""
         if type(column[0]) is not np.ndarray:
             return None
         if self.record_columns and any(map(self._in_columns().__contains__, map(id, column))):
             return None  # a record already sent in a column: arrives as that same object
-        for views in self.records:  # the usual case: every record of a read, in its order, unchanged
+        for views in self.records:
             if views.same_views(column):
                 data, offsets = views.packed()
                 where = self._held(data.data_ptr(), data.numel())
@@ -178,28 +177,7 @@ class _Packer(ForkingPickler):
                     return None
                 region, offset = where
                 return region, (offsets + offset).tobytes()
-        # Records of one read, back to back but not all of them (e.g. a filtered batch).
-        if set(map(type, column)) != {np.ndarray}:
-            return None
-        if set(map(_dtype_of, column)) != {_UINT8} or set(map(_strides_of, column)) != {_CONTIGUOUS}:
-            return None  # not records, or reshaped or retyped in place by user code
-        ptrs = list(map(self.known.get, map(id, column)))
-        n = len(ptrs)
-        if None in ptrs or len(set(map(id, column))) != n:
-            return None
-        starts = np.array(ptrs, dtype=np.int64)
-        sizes = np.fromiter(map(len, column), np.int64, n)
-        if n > 1 and not np.array_equal(starts[1:], starts[:-1] + sizes[:-1]):
-            return None
-        nbytes = int(starts[-1] + sizes[-1]) - ptrs[0]
-        where = self._held(ptrs[0], nbytes)
-        if where is None:
-            return None
-        region, offset = where
-        offsets = np.empty(n + 1, dtype=np.int64)
-        offsets[:n] = starts - (ptrs[0] - offset)
-        offsets[n] = offset + nbytes
-        return region, offsets.tobytes()
+        return None
 
     def _in_columns(self):
         if self.in_columns is None:
@@ -429,18 +407,17 @@ class SampleList(list):
 
 class _Columns:
     """A list of samples taken apart into columns (see ``_Packer.columns``);
-    ``parts`` are the arguments of ``_from_columns``, whose record columns
-    pickle as ``_record_column`` calls."""
+    ``parts`` are the arguments of ``_from_columns``."""
 
     __slots__ = ("parts",)
 
     def __init__(self, parts):
-        shape, keys, width, records, others = parts
-        records = tuple(_RecordColumn(c, region, offsets) for c, region, offsets in records)
-        self.parts = (shape, keys, width, records, others)
+        self.parts = parts
 
 
 class _RecordColumn:
+    """A column of records; it pickles as a ``_record_column`` call."""
+
     __slots__ = ("args",)
 
     def __init__(self, *args):
