@@ -117,7 +117,7 @@ def in_worker():
 
 
 def _fits(nbytes):
-    return get_worker_info() is not None and 0 < nbytes <= MAX_RING_BYTES // 2
+    return in_worker() and 0 < nbytes <= MAX_RING_BYTES // 2
 
 
 def worker_buffer(nbytes):

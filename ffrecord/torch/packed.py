@@ -178,9 +178,6 @@ class RecordViews(list):
         """(data, offsets) the views were made over (see ``over``)."""
         return self._data, self._offsets
 
-    def _unchanged(self):
-        return self.same_views(self)
-
     def __reduce__(self):
         return (RecordViews, (list(self),))
 
@@ -188,7 +185,7 @@ class RecordViews(list):
 def _reduce_views_for_ipc(batch):
     """RecordViews on a multiprocessing queue: as its ring slot where it can;
     a changed list as a list whose arrays travel in shared memory."""
-    if batch._unchanged():
+    if batch.same_views(batch):
         handle = _transfer.export(batch._data)
         if handle is not None:
             return (_rebuild_views_from_ring, (handle, batch._offsets))
